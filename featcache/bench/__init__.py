@@ -1,0 +1,1 @@
+"""Benchmarks that measure featcache against its baselines side by side in one run."""

@@ -1,0 +1,177 @@
+"""The `featcache` command line: parse arguments, call library functions, print results.
+
+Every command's work lives in a library function that tests call directly; this module only adapts
+arguments, prints rich output, and turns ``FeatcacheError`` into one red line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from featcache.console import RandomWeightsWarning, console
+from featcache.errors import FeatcacheError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic scenes.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks measured side by side in one run.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    if issubclass(category, RandomWeightsWarning):
+        console.print(f"[bold yellow]WARNING[/]: {message}")
+    else:
+        console.print(f"[yellow]{category.__name__}[/]: {message}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., help="Folder to write (image-folder layout; clip folders with --video)."),
+    images: int = typer.Option(2000, help="Number of images (or clips with --video)."),
+    seed: int = typer.Option(0, help="Scenes are a pure function of the seed."),
+    size: int = typer.Option(256, help="Image side in pixels."),
+    video: bool = typer.Option(False, "--video", help="Write clips of moving, bouncing objects."),
+    frames: int = typer.Option(8, help="Frames per clip with --video."),
+) -> None:
+    """Write procedural multi-object scenes with instance masks, classes and boxes."""
+    from featcache.console import progress_bar
+    from featcache.datasets import write_synthetic
+
+    with progress_bar("images") as progress:
+        task = progress.add_task("synth", total=images, rate="")
+        write_synthetic(out, images=images, seed=seed, size=size, video=video, frames=frames, progress=lambda n: progress.update(task, completed=n))
+    console.print(f"wrote {images} {'clips' if video else 'images'} to {out}")
+
+
+@app.command()
+def extract(
+    data: str = typer.Option(..., help="Dataset: a folder, or FORMAT:PATH with FORMAT folder|coco|voc|clevrtex|clips."),
+    out: Path = typer.Option(..., help="Store to create, or to resume when it exists with the same inputs."),
+    vfm: Optional[str] = typer.Option(None, help="VFM name (see `featcache encoders`); default dino2-s14."),
+    split: Optional[str] = typer.Option(None, help="Dataset split (coco: val2017, voc: val, clevrtex: test/val/train)."),
+    weights: Optional[str] = typer.Option(None, help="hub (default), random (explicit), or a checkpoint file."),
+    weight_seed: Optional[int] = typer.Option(None, help="Seed of --weights random."),
+    resolution: Optional[int] = typer.Option(None, help="Model input side; default the VFM's own."),
+    crops: Optional[int] = typer.Option(None, help="Random resized crops added to the centre crop and its flip."),
+    mask_size: Optional[int] = typer.Option(None, help="Side of cached masks (evaluation resolution)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass."),
+    samples_per_chunk: Optional[int] = typer.Option(None, help="Samples per chunk / write unit."),
+    config: Optional[Path] = typer.Option(None, help="YAML extraction config (configs/extract/); flags override it."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    workers: int = typer.Option(0, help="Run on a local dask cluster of N worker processes."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler (workers must see --out and --data)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Record unreadable images in the store and go on."),
+    decode_threads: int = typer.Option(2, help="Image-decoding threads feeding the model."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
+) -> None:
+    """Run a frozen VFM over every view of a dataset once and write the feature store."""
+    from featcache.config import load_config
+    from featcache.datasets import open_dataset
+    from featcache.extraction import ExtractConfig
+    from featcache.extraction import extract as run_extract
+
+    flags = {
+        "vfm": vfm,
+        "weights": weights,
+        "weight_seed": weight_seed,
+        "resolution": resolution,
+        "crops": crops,
+        "mask_size": mask_size,
+        "batch_size": batch_size,
+        "samples_per_chunk": samples_per_chunk,
+    }
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(set_)
+    extract_config = load_config(ExtractConfig, config, overrides)
+    dataset = open_dataset(data, split)
+    summary = run_extract(
+        dataset,
+        out,
+        extract_config,
+        device=device,
+        workers=workers,
+        scheduler=scheduler,
+        skip_bad=skip_bad,
+        decode_threads=decode_threads,
+    )
+    state = "complete" if summary.complete else "incomplete"
+    console.print(
+        f"{out}: {summary.samples_run} samples in {summary.seconds:.1f} s ({summary.samples_per_second:.1f} images/s), "
+        f"{summary.units_run} units written, {summary.samples_bad} bad, store {state}"
+    )
+    for sample_id, reason in summary.bad.items():
+        console.print(f"[yellow]skipped[/] {sample_id}: {reason}")
+
+
+@app.command()
+def info(
+    store: Path = typer.Argument(..., help="A featcache store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+) -> None:
+    """Summarise a store: provenance, layout, completeness and bytes on disk."""
+    from featcache.inspect import print_store_summary, store_summary
+
+    summary = store_summary(store)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_store_summary(summary)
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered VFMs with their default configs."""
+    from featcache.inspect import print_encoders
+
+    print_encoders()
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), help="Folder for the demo's data and store."),
+    images: int = typer.Option(64, help="Synthetic images."),
+    resolution: int = typer.Option(112, help="Model input side (small, so the demo runs in a minute on CPU)."),
+) -> None:
+    """The embedded default pipeline: synthetic scenes -> extraction (random weights, no download) -> info."""
+    from featcache.demo import run_demo
+
+    run_demo(out, images=images, resolution=resolution)
+
+
+@bench_app.command("extract")
+def bench_extract(
+    images: int = typer.Option(48, help="Images to extract (each gives 2 views)."),
+    resolution: int = typer.Option(224, help="Model input side."),
+    batch_size: int = typer.Option(16, help="Images per forward pass."),
+    vfm: str = typer.Option("dino2-s14", help="VFM (random weights)."),
+    work_dir: Path = typer.Option(Path("cache/bench"), help="Scratch folder (re-created)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Extraction images/s vs the bare model forward, store bytes/image, random-batch read throughput."""
+    from featcache.bench.extract import print_extract_benchmark, run_extract_benchmark
+
+    result = run_extract_benchmark(work_dir, images=images, resolution=resolution, batch_size=batch_size, vfm=vfm)
+    print_extract_benchmark(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors for bad input, tracebacks only for bugs."""
+    warnings.showwarning = _show_warning
+    try:
+        app()
+    except FeatcacheError as error:
+        console.print(f"[bold red]error[/]: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The zarr feature store: layout (schema), writing units (writer) and the typed read API (reader)."""
+
+from featcache.store.reader import Completeness, FeatureStore, read_attributes
+from featcache.store.schema import SCHEMA_VERSION, StoreLayout
+from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, write_unit
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Completeness",
+    "FeatureStore",
+    "StoreLayout",
+    "UnitArrays",
+    "create_store",
+    "finalize_store",
+    "mark_unit_done",
+    "read_attributes",
+    "write_unit",
+]

@@ -1,0 +1,242 @@
+"""The typed read API that every later stage uses.
+
+Reads are chunk-aware: a request for arbitrary sample indices reads each touched chunk once (zarr pays a
+fixed cost of milliseconds per chunk call on this machine, see benchmarks/RESULTS.md), and
+:meth:`FeatureStore.iter_blocks` streams whole chunks for loaders that shuffle within a buffer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import zarr
+
+from featcache.console import RandomWeightsWarning
+from featcache.errors import StoreError
+from featcache.store import schema
+from featcache.store.schema import StoreLayout
+from featcache.store.writer import directory_bytes
+
+ViewSelection = int | str | Sequence[int] | None
+
+
+@dataclass(frozen=True)
+class Completeness:
+    units_done: int
+    units_total: int
+    samples_written: int
+    samples_bad: int
+    samples_total: int
+
+    @property
+    def complete(self) -> bool:
+        return self.units_done == self.units_total
+
+
+def read_attributes(path: Path) -> dict[str, Any]:
+    """featcache's attributes of the store at ``path``, with one-line errors for missing/foreign/newer stores."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"store {path} does not exist")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as error:  # zarr raises several types for "not a group"
+        raise StoreError(f"{path} is not a zarr group ({type(error).__name__}: {error})") from None
+    attributes = group.attrs.get(schema.ATTRIBUTES_KEY)
+    if not isinstance(attributes, dict):
+        raise StoreError(f"{path} is a zarr group but not a featcache store (no '{schema.ATTRIBUTES_KEY}' attributes)")
+    version = attributes.get("schema_version")
+    if not isinstance(version, int) or version > schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema version {version}; this featcache reads up to {schema.SCHEMA_VERSION}: upgrade featcache"
+        )
+    return attributes
+
+
+class FeatureStore:
+    """Read-only view of a feature store.
+
+    ``warn_random`` (default True) emits a RandomWeightsWarning when the features come from random weights,
+    so no command silently reports results of an untrained encoder.
+    """
+
+    def __init__(self, path: str | Path, warn_random: bool = True) -> None:
+        self.path = Path(path)
+        self.attributes = read_attributes(self.path)
+        self.group = zarr.open_group(str(self.path), mode="r")
+        if warn_random and self.weights_are_random:
+            weights = self.attributes["weights"]
+            warnings.warn(
+                f"store {self.path} holds features of RANDOMLY INITIALISED {self.attributes['encoder']['name']} weights "
+                f"({weights['location']}); results from it say nothing about the pretrained model",
+                RandomWeightsWarning,
+                stacklevel=2,
+            )
+
+    # ----------------------------------------------------------------- description
+    @cached_property
+    def layout(self) -> StoreLayout:
+        return StoreLayout.from_attributes(self.attributes["layout"])
+
+    @property
+    def weights_are_random(self) -> bool:
+        return self.attributes["weights"]["source"] == "random"
+
+    @property
+    def num_samples(self) -> int:
+        return self.layout.num_samples
+
+    def __len__(self) -> int:
+        return self.layout.num_samples
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        return self.layout.view_names
+
+    @property
+    def stored_kind(self) -> str:
+        return self.attributes["encoder"]["stored_kind"]
+
+    @property
+    def feature_kinds(self) -> tuple[str, ...]:
+        """Kinds :meth:`features` can return: the stored one plus those derivable from it."""
+        return (self.stored_kind, *self.attributes["encoder"]["derivable_kinds"])
+
+    @cached_property
+    def sample_ids(self) -> list[str]:
+        return [str(s) for s in self.group[schema.SAMPLE_IDS][:]]
+
+    @cached_property
+    def clip_ids(self) -> list[str] | None:
+        return [str(c) for c in self.group[schema.CLIP_IDS][:]] if self.layout.is_video else None
+
+    @cached_property
+    def frame_indices(self) -> np.ndarray | None:
+        return self.group[schema.FRAME_INDEX][:] if self.layout.is_video else None
+
+    @property
+    def has_masks(self) -> bool:
+        return self.layout.mask_size is not None
+
+    def completeness(self) -> Completeness:
+        done = self.group[schema.UNITS_DONE][:]
+        status = self.group[schema.SAMPLE_STATUS][:]
+        return Completeness(
+            units_done=int(done.sum()),
+            units_total=int(done.shape[0]),
+            samples_written=int((status == schema.STATUS_WRITTEN).sum()),
+            samples_bad=int((status == schema.STATUS_BAD).sum()),
+            samples_total=int(status.shape[0]),
+        )
+
+    def require_complete(self) -> None:
+        """Stages that read the whole split call this: a half-extracted store would bias every result."""
+        state = self.completeness()
+        if not state.complete:
+            raise StoreError(
+                f"store {self.path} is incomplete ({state.units_done}/{state.units_total} units); "
+                "re-run `featcache extract` with the same arguments to finish it"
+            )
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        """Bytes on disk per array directory plus ``total``."""
+        sizes = {name: directory_bytes(self.path / name) for name in sorted(self.group.array_keys())}
+        sizes["total"] = directory_bytes(self.path)
+        return sizes
+
+    def valid_indices(self) -> np.ndarray:
+        """Indices of samples that were written (excludes pending and bad samples)."""
+        return np.flatnonzero(self.group[schema.SAMPLE_STATUS][:] == schema.STATUS_WRITTEN)
+
+    # ----------------------------------------------------------------- reading
+    def _view_indices(self, view: ViewSelection) -> list[int] | int:
+        if view is None:
+            return list(range(self.layout.num_views))
+        if isinstance(view, str):
+            if view not in self.view_names:
+                raise StoreError(f"store {self.path} has no view {view!r}; views: {', '.join(self.view_names)}")
+            return self.view_names.index(view)
+        if isinstance(view, (int, np.integer)):
+            if not 0 <= int(view) < self.layout.num_views:
+                raise StoreError(f"view index {view} out of range for store {self.path} with {self.layout.num_views} views")
+            return int(view)
+        return [int(self._view_indices(int(v))) for v in view]  # type: ignore[arg-type]
+
+    def _read(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection, per_view: bool = True) -> np.ndarray:
+        """Read rows ``indices`` (any order, repeats allowed) touching each chunk once."""
+        if name not in self.group:
+            raise StoreError(f"store {self.path} has no array {name!r}")
+        array = self.group[name]
+        if isinstance(indices, slice):
+            rows: Any = indices
+            inverse = None
+        else:
+            requested = np.asarray(indices, dtype=np.int64)
+            if requested.size and (requested.min() < 0 or requested.max() >= self.num_samples):
+                raise StoreError(f"sample index out of range 0..{self.num_samples - 1} for store {self.path}")
+            rows, inverse = np.unique(requested, return_inverse=True)
+        if per_view:
+            view_index = self._view_indices(view)
+            selection = (rows, view_index)
+        else:
+            selection = (rows,)
+        data = array.oindex[selection] if not isinstance(rows, slice) else array[selection]
+        return data if inverse is None else data[inverse]
+
+    def features(
+        self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0, kind: str | None = None
+    ) -> np.ndarray:
+        """Patch features (B, h, w, C) for one view or (B, V, h, w, C) for several.
+
+        ``kind=None`` returns the stored kind as float16; a derivable kind (``final_norm``) is computed in float32.
+        """
+        data = self._read(schema.FEATURES, indices, view)
+        if kind is None or kind == self.stored_kind:
+            return data
+        if kind not in self.feature_kinds:
+            raise StoreError(f"store {self.path} cannot give feature kind {kind!r}; available: {', '.join(self.feature_kinds)}")
+        return self.derive(data, kind)
+
+    def derive(self, stored: np.ndarray, kind: str) -> np.ndarray:
+        """Turn stored features into a derivable kind (the final LayerNorm for DINOv2)."""
+        from featcache.encoders.dinov2 import apply_final_norm
+
+        return apply_final_norm(stored, self.attributes["encoder"]["final_norm"])
+
+    def images(self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
+        """Cached view images (B, I, I, 3) or (B, V, I, I, 3), uint8."""
+        return self._read(schema.IMAGES, indices, view)
+
+    def masks(self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
+        """Instance masks at the evaluation size (B, M, M) or (B, V, M, M), uint16."""
+        if not self.has_masks:
+            raise StoreError(f"store {self.path} has no masks: its dataset had none")
+        return self._read(schema.MASKS, indices, view)
+
+    def view_params(self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = None) -> np.ndarray:
+        return self._read(schema.VIEW_PARAMS, indices, view)
+
+    def instance_classes(self, indices: Sequence[int] | np.ndarray | slice) -> np.ndarray:
+        return self._read(schema.INSTANCE_CLASSES, indices, None, per_view=False)
+
+    def sample_status(self) -> np.ndarray:
+        return self.group[schema.SAMPLE_STATUS][:]
+
+    def iter_blocks(self, view: ViewSelection = 0, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (sample indices, features) one chunk-aligned unit at a time, in ``order`` of units.
+
+        The cheapest way to stream a store: each yield is one chunk read per view.
+        """
+        units = range(self.layout.num_units) if order is None else order
+        for unit in units:
+            start, stop = self.layout.unit_range(int(unit))
+            yield np.arange(start, stop), self._read(schema.FEATURES, slice(start, stop), view)
+
+    def load_features(self, view: ViewSelection = None) -> np.ndarray:
+        """All features in RAM, (N, V, h, w, C) float16 (or one view): for stages whose data fit in memory."""
+        return self._read(schema.FEATURES, slice(0, self.num_samples), view)

@@ -1,0 +1,140 @@
+"""Creating a store and writing whole units into it.
+
+Only the coordinator (one process) creates the store, edits its attributes and marks units done;
+workers (threads or dask processes) call :func:`write_unit`, which touches only the unit's own chunks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from featcache.store import schema
+from featcache.store.schema import StoreLayout
+
+
+@dataclass
+class UnitArrays:
+    """Everything extraction produces for one write unit of n = stop - start samples."""
+
+    unit: int
+    start: int
+    features: np.ndarray  # (n, V, h, w, C) float16
+    images: np.ndarray  # (n, V, I, I, 3) uint8
+    masks: np.ndarray | None  # (n, V, M, M) uint16
+    view_params: np.ndarray  # (n, V, 5) float32
+    source_size: np.ndarray  # (n, 2) int32
+    instance_classes: np.ndarray  # (n, K) int32
+    status: np.ndarray  # (n,) uint8
+    #: sample id -> one-line reason, for samples skipped with --skip-bad.
+    bad: dict[str, str] = field(default_factory=dict)
+
+
+def blosc_compressor(level: int) -> BloscCodec:
+    # Byte shuffle suits 2-byte float16 (bitshuffle measured worse); zstd level 1 measured about as fast as lz4
+    # to read while lz4 did not compress float16 features at all (benchmarks/RESULTS.md).
+    return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def create_store(
+    path: Path,
+    layout: StoreLayout,
+    attributes: dict[str, Any],
+    sample_ids: list[str],
+    clip_ids: list[str | None],
+    frame_indices: list[int],
+    compression_level: int = 1,
+) -> None:
+    """Create an empty store with every array allocated and the static per-sample arrays filled."""
+    n, views, s = layout.num_samples, layout.num_views, layout.samples_per_chunk
+    height, width = layout.grid
+    compressor = blosc_compressor(compression_level)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+
+    def per_sample(name: str, shape: tuple[int, ...], dtype: str, fill: Any = 0) -> None:
+        # One chunk = S samples x 1 view: a unit owns whole chunks, and a loader can read one view alone.
+        chunks = (s, 1, *shape[2:]) if len(shape) > 2 else (s, *shape[1:])
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=[compressor], fill_value=fill)
+
+    per_sample(schema.FEATURES, (n, views, height, width, layout.channels), "float16")
+    per_sample(schema.IMAGES, (n, views, layout.image_size, layout.image_size, 3), "uint8")
+    if layout.mask_size is not None:
+        per_sample(schema.MASKS, (n, views, layout.mask_size, layout.mask_size), "uint16")
+    per_sample(schema.VIEW_PARAMS, (n, views, 5), "float32")
+    group.create_array(schema.SOURCE_SIZE, shape=(n, 2), chunks=(s, 2), dtype="int32", fill_value=0)
+    group.create_array(
+        schema.INSTANCE_CLASSES, shape=(n, layout.max_instances), chunks=(s, layout.max_instances), dtype="int32", fill_value=-1
+    )
+    group.create_array(schema.SAMPLE_STATUS, shape=(n,), chunks=(s,), dtype="uint8", fill_value=schema.STATUS_PENDING)
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0)
+    ids = group.create_array(schema.SAMPLE_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+    ids[:] = np.array(sample_ids, dtype=object)
+    if layout.is_video:
+        clips = group.create_array(schema.CLIP_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+        clips[:] = np.array([c or "" for c in clip_ids], dtype=object)
+        frames = group.create_array(schema.FRAME_INDEX, shape=(n,), chunks=(max(n, 1),), dtype="int32")
+        frames[:] = np.asarray(frame_indices, dtype=np.int32)
+    group.attrs[schema.ATTRIBUTES_KEY] = attributes
+
+
+def write_unit(path: Path, arrays: UnitArrays) -> None:
+    """Write one unit's chunks (safe in parallel with other units; never marks the unit done)."""
+    group = zarr.open_group(str(path), mode="r+")
+    stop = arrays.start + arrays.status.shape[0]
+    region = slice(arrays.start, stop)
+    group[schema.FEATURES][region] = arrays.features
+    group[schema.IMAGES][region] = arrays.images
+    if arrays.masks is not None:
+        group[schema.MASKS][region] = arrays.masks
+    group[schema.VIEW_PARAMS][region] = arrays.view_params
+    group[schema.SOURCE_SIZE][region] = arrays.source_size
+    group[schema.INSTANCE_CLASSES][region] = arrays.instance_classes
+    group[schema.SAMPLE_STATUS][region] = arrays.status
+
+
+def mark_unit_done(path: Path, unit: int, bad: dict[str, str]) -> None:
+    """Record a unit's skipped samples, then mark it done (in that order: a crash in between redoes the unit)."""
+    group = zarr.open_group(str(path), mode="r+")
+    if bad:
+        attributes = dict(group.attrs[schema.ATTRIBUTES_KEY])
+        attributes["bad_samples"] = {**attributes.get("bad_samples", {}), **bad}
+        group.attrs[schema.ATTRIBUTES_KEY] = attributes
+    group[schema.UNITS_DONE][unit] = 1
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes on disk under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def finalize_store(path: Path) -> dict[str, Any]:
+    """After the last unit: record completion time and the measured feature compression ratio."""
+    group = zarr.open_group(str(path), mode="r+")
+    features = group[schema.FEATURES]
+    raw = features.nbytes
+    stored = directory_bytes(Path(path) / schema.FEATURES)
+    attributes = dict(group.attrs[schema.ATTRIBUTES_KEY])
+    attributes["completed"] = utc_now()
+    attributes["compression"] = {
+        **attributes.get("compression", {}),
+        "feature_bytes_raw": int(raw),
+        "feature_bytes_stored": int(stored),
+        "feature_compression_ratio": round(raw / stored, 4) if stored else None,
+    }
+    group.attrs[schema.ATTRIBUTES_KEY] = attributes
+    return attributes
