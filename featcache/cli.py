@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from featcache.console import RandomWeightsWarning, console
+from featcache.console import RandomWeightsWarning, console, error_console
 from featcache.errors import FeatcacheError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
@@ -26,9 +26,9 @@ app.add_typer(bench_app, name="bench")
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     if issubclass(category, RandomWeightsWarning):
-        console.print(f"[bold yellow]WARNING[/]: {message}")
+        error_console.print(f"[bold yellow]WARNING[/]: {message}")
     else:
-        console.print(f"[yellow]{category.__name__}[/]: {message}")
+        error_console.print(f"[yellow]{category.__name__}[/]: {message}")
 
 
 @data_app.command("synth")
@@ -106,7 +106,7 @@ def extract(
         f"{summary.units_run} units written, {summary.samples_bad} bad, store {state}"
     )
     for sample_id, reason in summary.bad.items():
-        console.print(f"[yellow]skipped[/] {sample_id}: {reason}")
+        error_console.print(f"[yellow]skipped[/] {sample_id}: {reason}")
 
 
 @app.command()
@@ -169,7 +169,7 @@ def main() -> None:
     try:
         app()
     except FeatcacheError as error:
-        console.print(f"[bold red]error[/]: {error}")
+        error_console.print(f"[bold red]error[/]: {error}", soft_wrap=True)
         sys.exit(2)
 
 

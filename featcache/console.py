@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from rich.console import Console
@@ -15,7 +16,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+#: Width for output that is not a terminal (pipes, logs, CI): wide enough that tables are not truncated.
+_PIPE_WIDTH = 200
+#: Results (tables, summaries) go to stdout so they can be piped.
+console = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+#: Progress, warnings and errors go to stderr.
+error_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 
 class RandomWeightsWarning(UserWarning):
@@ -37,7 +43,7 @@ def progress_bar(unit: str = "images", disable: bool = False) -> Progress:
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=console,
+        console=error_console,
         disable=disable,
         transient=False,
     )

@@ -60,8 +60,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
 def print_store_summary(summary: dict[str, Any]) -> None:
     """Print :func:`store_summary` as rich tables."""
     table = Table(title=f"featcache store {summary['path']}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     weights = summary["weights"]
     weight_text = f"{weights['source']}: {weights['location']} (sha256 {weights['sha256'][:12]})"
     if summary["random_weights"]:
@@ -109,7 +109,7 @@ def print_encoders() -> None:
 
     table = Table(title="VFM encoders")
     for column in ("name", "timm model", "hub tag", "stride", "default px", "channels", "stored", "derivable"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for spec in list_encoders():
         table.add_row(
             spec.name,

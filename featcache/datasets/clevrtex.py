@@ -56,7 +56,8 @@ class ClevrTexDataset(Dataset):
                 key = (int(match["index"]), match["variant"])
                 if key in found:
                     raise DatasetError(
-                        f"ClevrTex image {name} appears twice ({found[key]}, {Path(directory) / name}); expected one copy"
+                        f"ClevrTex image {name} appears twice ({found[key]}, {Path(directory) / name}); "
+                        "expected one copy"
                     )
                 found[key] = Path(directory) / name
         if not found:

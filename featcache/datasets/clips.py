@@ -40,7 +40,8 @@ class ClipsDataset(Dataset):
         for name in clip_names:
             if not (directory / name / "images").is_dir():
                 raise DatasetError(
-                    f"clip folder {directory / name} has no images/ subfolder; expected ROOT/<clip_id>/images/<frame>.png"
+                    f"clip folder {directory / name} has no images/ subfolder; "
+                    "expected ROOT/<clip_id>/images/<frame>.png"
                 )
         self._clip_names = clip_names
         self._folders = [ImageFolder(directory / name) for name in clip_names]

@@ -39,7 +39,8 @@ class CocoDataset(Dataset):
         self.annotation_path = root_path / "annotations" / f"instances_{split}.json"
         if not self.annotation_path.is_file():
             raise DatasetError(
-                f"COCO annotation file {self.annotation_path} does not exist; expected ROOT/annotations/instances_<split>.json"
+                f"COCO annotation file {self.annotation_path} does not exist; "
+                "expected ROOT/annotations/instances_<split>.json"
             )
         self.image_directory = root_path / split
         self._coco = self._index(self.annotation_path)
@@ -48,7 +49,9 @@ class CocoDataset(Dataset):
         self._ids = [str(image_id) for image_id in image_ids]
         # Non-crowd annotations per image in file order: instance k is the k-th of them.
         self._instances: dict[int, list[dict[str, Any]]] = {
-            image_id: [ann for ann in self._coco.imgToAnns.get(image_id, []) if not ann.get("iscrowd", 0)]
+            image_id: [
+                annotation for annotation in self._coco.imgToAnns.get(image_id, []) if not annotation.get("iscrowd", 0)
+            ]
             for image_id in image_ids
         }
         self._max_instances = max([1, *(len(anns) for anns in self._instances.values())])
@@ -100,7 +103,8 @@ class CocoDataset(Dataset):
                 region = self._coco.annToMask(annotation).astype(bool)  # (H, W)
             except (ValueError, TypeError, IndexError, KeyError) as error:
                 raise DatasetError(
-                    f"{self.annotation_path}: annotation {annotation['id']} has an unreadable segmentation ({one_line(error)})"
+                    f"{self.annotation_path}: annotation {annotation['id']} has an unreadable segmentation "
+                    f"({one_line(error)})"
                 ) from None
             overlapped |= covered & region
             covered |= region

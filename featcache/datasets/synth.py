@@ -184,9 +184,9 @@ def _fill(item: SceneObject, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _blend(first, second, weight.astype(np.float32))
 
 
-def _smooth_noise(rng: np.random.Generator, side: int, cells: int) -> np.ndarray:
+def _smooth_noise(random: np.random.Generator, side: int, cells: int) -> np.ndarray:
     """(side, side) float32 in 0..1: a ``cells`` x ``cells`` random grid upsampled bicubically (value noise)."""
-    grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    grid = (random.random((cells, cells)) * 255).astype(np.uint8)
     upsampled = Image.fromarray(grid).resize((side, side), Image.Resampling.BICUBIC)
     values = np.asarray(upsampled, dtype=np.float32) / 255
     return np.clip((values - 0.5) * 1.8 + 0.5, 0, 1)  # stretch contrast so blobs are visible
@@ -202,62 +202,62 @@ def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value), dtype=np.float32) * 255
 
 
-def _object_colors(rng: np.random.Generator) -> np.ndarray:
+def _object_colors(random: np.random.Generator) -> np.ndarray:
     """(2, 3): a saturated colour and a second one of clearly different hue (for textures)."""
-    hue = rng.random()
-    first = _hsv(hue, rng.uniform(0.65, 1.0), rng.uniform(0.6, 1.0))
-    second = _hsv(hue + rng.uniform(0.25, 0.75), rng.uniform(0.65, 1.0), rng.uniform(0.4, 1.0))
+    hue = random.random()
+    first = _hsv(hue, random.uniform(0.65, 1.0), random.uniform(0.6, 1.0))
+    second = _hsv(hue + random.uniform(0.25, 0.75), random.uniform(0.65, 1.0), random.uniform(0.4, 1.0))
     return np.stack([first, second])
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(random: np.random.Generator, size: int) -> np.ndarray:
     """(size, size, 3) float32: a gradient, smooth noise or soft stripes between two greyish colours."""
-    hue = rng.random()
-    value = rng.uniform(0.3, 0.75)
-    first = _hsv(hue, rng.uniform(0.0, 0.25), value)
-    second_value = float(np.clip(value + rng.choice([-1, 1]) * rng.uniform(0.12, 0.25), 0.05, 0.95))
-    second = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.0, 0.25), second_value)
-    kind = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    angle = rng.uniform(0, 2 * math.pi)
+    hue = random.random()
+    value = random.uniform(0.3, 0.75)
+    first = _hsv(hue, random.uniform(0.0, 0.25), value)
+    second_value = float(np.clip(value + random.choice([-1, 1]) * random.uniform(0.12, 0.25), 0.05, 0.95))
+    second = _hsv(hue + random.uniform(-0.1, 0.1), random.uniform(0.0, 0.25), second_value)
+    kind = BACKGROUNDS[random.integers(len(BACKGROUNDS))]
+    angle = random.uniform(0, 2 * math.pi)
     coordinates = np.arange(size, dtype=np.float32) + 0.5
     along = coordinates[None, :] * math.cos(angle) + coordinates[:, None] * math.sin(angle)  # (size, size)
     if kind == "gradient":
         weight = (along - along.min()) / max(float(along.max() - along.min()), 1e-6)
     elif kind == "noise":
-        weight = _smooth_noise(rng, size, int(rng.integers(3, 9)))
+        weight = _smooth_noise(random, size, int(random.integers(3, 9)))
     else:
-        period = rng.uniform(size / 16, size / 5)
+        period = random.uniform(size / 16, size / 5)
         weight = 0.5 + 0.5 * np.sin(along * (2 * math.pi / period))
     return _blend(first, second, np.clip(weight, 0, 1).astype(np.float32))
 
 
-def _sample_object(rng: np.random.Generator, size: int, video: bool) -> SceneObject:
-    shape = int(rng.integers(len(SHAPES)))
+def _sample_object(random: np.random.Generator, size: int, video: bool) -> SceneObject:
+    shape = int(random.integers(len(SHAPES)))
     # Log-uniform radius: as many small objects as large ones.
-    radius = max(2.0, size * math.exp(rng.uniform(math.log(_RADIUS_RANGE[0]), math.log(_RADIUS_RANGE[1]))))
+    radius = max(2.0, size * math.exp(random.uniform(math.log(_RADIUS_RANGE[0]), math.log(_RADIUS_RANGE[1]))))
     if video:
         low, high = _center_bounds(radius, size)
-        center = (float(rng.uniform(low, high)), float(rng.uniform(low, high)))
-        speed = max(1.0, size * rng.uniform(*_SPEED_RANGE))
-        heading = rng.uniform(0, 2 * math.pi)
+        center = (float(random.uniform(low, high)), float(random.uniform(low, high)))
+        speed = max(1.0, size * random.uniform(*_SPEED_RANGE))
+        heading = random.uniform(0, 2 * math.pi)
         velocity = (speed * math.cos(heading), speed * math.sin(heading))
     else:
-        center = (float(rng.uniform(0.05, 0.95) * size), float(rng.uniform(0.05, 0.95) * size))
+        center = (float(random.uniform(0.05, 0.95) * size), float(random.uniform(0.05, 0.95) * size))
         velocity = (0.0, 0.0)
-    fill = 0 if rng.random() < SOLID_PROBABILITY else int(rng.integers(1, len(FILLS)))  # FILLS[0] is solid
+    fill = 0 if random.random() < SOLID_PROBABILITY else int(random.integers(1, len(FILLS)))  # FILLS[0] is solid
     side = 2 * math.ceil(radius) + 2
     return SceneObject(
         shape=shape,
         radius=radius,
-        angle=float(rng.uniform(0, 2 * math.pi)),
-        aspect=float(rng.uniform(0.45, 0.75)),
+        angle=float(random.uniform(0, 2 * math.pi)),
+        aspect=float(random.uniform(0.45, 0.75)),
         center=center,
         velocity=velocity,
         fill=fill,
-        colors=_object_colors(rng),
-        texture_angle=float(rng.uniform(0, math.pi)),
-        texture_period=max(4.0, radius * rng.uniform(0.25, 0.6)),
-        noise=_smooth_noise(rng, side, int(rng.integers(3, 7))) if FILLS[fill] == "noise" else None,
+        colors=_object_colors(random),
+        texture_angle=float(random.uniform(0, math.pi)),
+        texture_period=max(4.0, radius * random.uniform(0.25, 0.6)),
+        noise=_smooth_noise(random, side, int(random.integers(3, 7))) if FILLS[fill] == "noise" else None,
     )
 
 
@@ -283,20 +283,25 @@ class _Frame:
     annotation: dict[str, list[Any]]
 
 
-def _scene(rng: np.random.Generator, size: int, frames: int, video: bool, minimum: int, maximum: int) -> list[_Frame]:
+def _scene(
+    random: np.random.Generator, size: int, frames: int, video: bool, minimum: int, maximum: int
+) -> list[_Frame]:
     """Draw scenes until one shows at least ``minimum`` objects, then render its frames with ground truth."""
     for _ in range(_MAX_ATTEMPTS):
-        candidates = [_sample_object(rng, size, video) for _ in range(int(rng.integers(minimum, maximum + 1)))]
+        candidates = [_sample_object(random, size, video) for _ in range(int(random.integers(minimum, maximum + 1)))]
         footprints, visible = _rasterise(candidates, size, frames)
         most_visible = visible.max(axis=0)  # (objects,) best frame of each object
         shown = most_visible > 0
         if shown.sum() >= minimum and (most_visible[shown] >= MIN_VISIBLE_PIXELS).all():
             break
-    else:  # pragma: no cover - needs _MAX_ATTEMPTS unlucky draws in a row
-        raise RuntimeError(f"could not draw a scene with {minimum} visible objects at size {size}")
+    else:  # only when the image is far too small for the requested number of objects
+        raise DatasetError(
+            f"could not draw a scene with {minimum} visible objects in {_MAX_ATTEMPTS} tries at size {size}; "
+            "expected fewer objects or a larger size"
+        )
     # Hidden objects never contribute a pixel, so dropping them leaves the picture unchanged.
     objects = [item for item, keep in zip(candidates, shown) if keep]
-    background = _background(rng, size)
+    background = _background(random, size)
     return [
         _render(objects, [footprint for footprint, keep in zip(frame_footprints, shown) if keep], background)
         for frame_footprints in footprints
@@ -375,8 +380,8 @@ def _write_scene(job: _Job, index: int) -> dict[str, list[Any]] | None:
 
     Returns the image's annotation (still images), or None for a clip, which is complete on disk.
     """
-    rng = np.random.default_rng([job.seed, int(job.video), index])
-    scene = _scene(rng, job.size, job.frames, job.video, job.min_objects, job.max_objects)
+    random = np.random.default_rng([job.seed, int(job.video), index])
+    scene = _scene(random, job.size, job.frames, job.video, job.min_objects, job.max_objects)
     sample_id = f"{index:0{job.id_width}d}"
     if not job.video:
         _write_png(scene[0].image, job.out / "images" / f"{sample_id}.png")

@@ -118,7 +118,8 @@ def build_dinov2_encoder(spec: EncoderSpec, resolution: int, weights: str, seed:
     path = checkpoint_path(weights)
     state_dict = read_checkpoint(path)  # read (and fail) before building the model
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
-        encoder = DinoV2Encoder(spec, resolution, timm.create_model(spec.timm_name, pretrained=False, **model_args))
+        vit = timm.create_model(spec.timm_name, pretrained=False, weight_init="skip", **model_args)
+    encoder = DinoV2Encoder(spec, resolution, vit)
     load_dinov2_state_dict(encoder, state_dict, path)
     encoder.weights = WeightInfo("file", str(path), state_dict_sha256(encoder), file_sha256=file_sha256(path))
     return encoder

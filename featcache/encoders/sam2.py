@@ -122,15 +122,15 @@ def build_sam2_encoder(spec: EncoderSpec, resolution: int, weights: str, seed: i
         location, notes = str(path), {}
     state_dict = read_checkpoint(path)  # read (and fail) before building the model
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
-        encoder = _build(spec, resolution)
+        encoder = _build(spec, resolution, weight_init="skip", fix_init=False)
     load_sam2_state_dict(encoder, state_dict, path)
     encoder.weights = WeightInfo(source, location, state_dict_sha256(encoder), file_sha256=file_sha256(path), notes=notes)
     return encoder
 
 
-def _build(spec: EncoderSpec, resolution: int) -> Sam2Encoder:
-    """Trunk and neck with timm's / torch's default initialisation (on the current default device)."""
-    return Sam2Encoder(spec, resolution, timm.create_model(spec.timm_name, pretrained=False, num_classes=0))
+def _build(spec: EncoderSpec, resolution: int, **trunk_args: object) -> Sam2Encoder:
+    """Trunk and neck on the current default device, initialised as timm / torch do unless told to skip."""
+    return Sam2Encoder(spec, resolution, timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **trunk_args))
 
 
 def _download(repository: str, filename: str) -> str:

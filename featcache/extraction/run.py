@@ -25,7 +25,7 @@ import zarr
 
 import featcache
 from featcache.config import to_dict
-from featcache.console import console, format_rate, progress_bar
+from featcache.console import error_console, format_rate, progress_bar
 from featcache.datasets import Dataset, open_dataset
 from featcache.encoders import ENCODERS, create_encoder
 from featcache.encoders.base import FrozenEncoder
@@ -219,7 +219,7 @@ def extract(
     ENCODERS.get(config.vfm)  # unknown name: fail before loading anything
     encoder = create_encoder(config.vfm, weights=config.weights, resolution=config.resolution or None, seed=config.weight_seed)
     if encoder.weights.is_random:
-        console.print(
+        error_console.print(
             f"[bold yellow]WARNING[/]: extracting with RANDOMLY INITIALISED {config.vfm} weights (seed={config.weight_seed}); "
             "the store records it and every command reading it will warn"
         )
