@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,16 @@ from featcache.errors import FeatcacheError, WeightsError
 #: Small test resolutions: multiples of the ViT patch (14) or Hiera's coarsest stride (32). dino2-b14 is only
 #: checked on the meta device (its random init alone takes seconds on 2 cores).
 SMALL_RESOLUTION = {"dino2-s14": 56, "dino2-s14-reg4": 56, "sam2-t16": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: these models are tiny, and on a shared 2-core machine torch's spinning worker
+    threads make the suite several times slower than one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,9 +138,11 @@ def test_last_block_plus_final_norm_matches_timm(name: str) -> None:
     # the stored kind really is before the norm
     assert not torch.allclose(last_block.reshape(2, 16, -1), reference[:, spec.prefix_tokens :], atol=1e-3)
     # numpy in, numpy out (the store reader's path)
-    normed_numpy = apply_final_norm(last_block.numpy(), encoder.final_norm_parameters())
+    stored = last_block.numpy().astype(np.float16)
+    stored.flags.writeable = False  # as read back from a store
+    normed_numpy = apply_final_norm(stored, encoder.final_norm_parameters())
     assert isinstance(normed_numpy, np.ndarray) and normed_numpy.dtype == np.float32
-    np.testing.assert_allclose(normed_numpy, normed.numpy(), atol=1e-6)
+    np.testing.assert_allclose(normed_numpy, normed.numpy(), atol=1e-2)  # float16 storage rounding
 
 
 def test_final_norm_parameters_are_plain_floats() -> None:

@@ -60,20 +60,26 @@ def split_directory(root: Path, split: str | None) -> Path:
     return directory
 
 
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _undecodable(what: str, path: Path, error: BaseException) -> DatasetError:
+    return DatasetError(f"cannot decode {what} {path} ({one_line(error)}); expected a readable image file")
+
+
 def _open_decoded(path: Path, what: str) -> Image.Image:
     """Open and fully decode ``path`` so truncated files fail here, with the file named."""
-    decode_errors = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
     try:
         image = Image.open(path)
     except FileNotFoundError:
         raise DatasetError(f"{what} file {path} does not exist") from None
-    except decode_errors as error:
-        raise DatasetError(f"cannot decode {what} {path} ({one_line(error)}); expected a readable image file") from None
+    except _DECODE_ERRORS as error:
+        raise _undecodable(what, path, error) from None
     try:
         image.load()
-    except decode_errors as error:
+    except _DECODE_ERRORS as error:
         image.close()
-        raise DatasetError(f"cannot decode {what} {path} ({one_line(error)}); expected a readable image file") from None
+        raise _undecodable(what, path, error) from None
     return image
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from featcache.encoders.base import EncoderSpec, FrozenEncoder, WeightInfo
+from featcache.encoders.checks import check_images
 from featcache.encoders.weights import (
     checkpoint_path,
     convert_checkpoint,
@@ -52,7 +53,7 @@ class DinoV2Encoder(FrozenEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, R, R) -> last-block patch tokens (B, h, w, C), float32."""
-        check_input(images, self.resolution, self.spec.name)
+        check_images(images, self.resolution, self.spec.name)
         tokens = self.vit.patch_embed(images)  # (B, h * w, C)
         tokens = self.vit._pos_embed(tokens)  # (B, prefix + h * w, C): cls (+ registers) prepended
         tokens = self.vit.patch_drop(tokens)
@@ -78,8 +79,8 @@ def apply_final_norm(features: ArrayOrTensor, parameters: Mapping[str, object]) 
     Computes in float32 and returns float32: a tensor on the input's device, or a numpy array for numpy input.
     """
     is_numpy = not isinstance(features, torch.Tensor)
-    tensor = torch.from_numpy(np.ascontiguousarray(features)) if is_numpy else features
-    tensor = tensor.float()
+    # numpy input is copied: arrays read from a store may be read-only, which torch.from_numpy warns about
+    tensor = torch.from_numpy(np.array(features, dtype=np.float32)) if is_numpy else features.float()
     weight = torch.as_tensor(parameters["weight"], dtype=torch.float32, device=tensor.device)
     bias = torch.as_tensor(parameters["bias"], dtype=torch.float32, device=tensor.device)
     if weight.ndim != 1 or tensor.shape[-1] != weight.shape[0] or bias.shape != weight.shape:
@@ -89,14 +90,6 @@ def apply_final_norm(features: ArrayOrTensor, parameters: Mapping[str, object]) 
         )
     normed = F.layer_norm(tensor, (weight.shape[0],), weight, bias, float(parameters["eps"]))  # type: ignore[arg-type]
     return normed.numpy() if is_numpy else normed  # type: ignore[return-value]
-
-
-def check_input(images: torch.Tensor, resolution: int, name: str) -> None:
-    """Fail with one line when images are not (B, 3, resolution, resolution)."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (resolution, resolution):
-        raise FeatcacheError(
-            f"encoder {name} got images of shape {tuple(images.shape)}; expected (B, 3, {resolution}, {resolution})"
-        )
 
 
 def build_dinov2_encoder(spec: EncoderSpec, resolution: int, weights: str, seed: int) -> DinoV2Encoder:

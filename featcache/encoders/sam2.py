@@ -19,7 +19,7 @@ from timm.models.hieradet_sam2 import checkpoint_filter_fn as hiera_checkpoint_f
 from torch import nn
 
 from featcache.encoders.base import EncoderSpec, FrozenEncoder, WeightInfo
-from featcache.encoders.dinov2 import check_input
+from featcache.encoders.checks import check_images
 from featcache.encoders.weights import (
     checkpoint_path,
     convert_checkpoint,
@@ -96,7 +96,7 @@ class Sam2Encoder(FrozenEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, R, R) -> stride-16 FPN features (B, R/16, R/16, 256), float32."""
-        check_input(images, self.resolution, self.spec.name)
+        check_images(images, self.resolution, self.spec.name)
         # strides 4, 8, 16, 32: (B, C_l, R / s_l, R / s_l)
         levels = self.trunk.forward_intermediates(images, intermediates_only=True, output_fmt="NCHW")
         features = self.neck(levels)  # (B, 256, R/16, R/16)
@@ -152,7 +152,7 @@ def load_sam2_state_dict(encoder: Sam2Encoder, raw_state_dict: dict[str, torch.T
     trunk = {key[len("trunk."):]: value for key, value in state_dict.items() if key.startswith("trunk.")}
     neck = {key: value for key, value in state_dict.items() if key.startswith("neck.")}
     others = {key: value for key, value in state_dict.items() if not key.startswith(("trunk.", "neck."))}
-    if not neck and any(key.startswith(("blocks.", "patch_embed.")) for key in others):
+    if not neck and "pos_embed_window" in others:  # a timm Hiera state dict: real trunk, no neck
         raise WeightsError(
             f"checkpoint {path} holds a bare Hiera trunk without the FPN neck; {spec.name} needs an official SAM2 "
             "checkpoint (image_encoder.trunk.* and image_encoder.neck.* keys, e.g. sam2_hiera_tiny.pt)"
