@@ -146,7 +146,7 @@ def demo(
 
 @bench_app.command("extract")
 def bench_extract(
-    images: int = typer.Option(48, help="Images to extract (each gives 2 views)."),
+    images: int = typer.Option(96, help="Images to extract (each gives 2 views)."),
     resolution: int = typer.Option(224, help="Model input side."),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     vfm: str = typer.Option("dino2-s14", help="VFM (random weights)."),

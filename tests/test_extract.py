@@ -242,3 +242,20 @@ def test_two_dask_workers_write_the_same_bytes(tmp_path: Path, shapes_dir: Path,
     summary = extract(open_dataset(str(shapes_dir)), out, tiny_config, workers=2, show_progress=False)
     assert summary.complete and summary.units_run == 3
     assert chunk_files(out) == chunk_files(reference_store)
+
+
+def test_video_clips_keep_clip_ids_and_frame_order(tmp_path: Path, tiny_config: ExtractConfig) -> None:
+    from featcache.datasets import write_synthetic
+
+    data = write_synthetic(tmp_path / "clips", images=2, seed=1, size=48, video=True, frames=3)
+    dataset = open_dataset(str(data))
+    assert dataset.is_video
+    out = tmp_path / "video.zarr"
+    extract(dataset, out, tiny_config, device="cpu", show_progress=False)
+    store = quiet_store(out)
+    assert store.layout.is_video and len(store) == 6
+    assert store.clip_ids == [c for c in dataset.clip_ids()] and len(set(store.clip_ids)) == 2
+    np.testing.assert_array_equal(store.frame_indices, [0, 1, 2, 0, 1, 2])
+    # Instance ids are stable over a clip: the first frame's object ids reappear in the last.
+    masks = store.masks(np.arange(3), view="center")
+    assert set(np.unique(masks[0])) - {0} and set(np.unique(masks[0])) & set(np.unique(masks[2])) - {0}

@@ -30,9 +30,6 @@ class ExtractConfig:
     #: zstd level of the blosc compressor.
     compression_level: int = 1
 
-    # ---- runtime only: may differ between a run and its resume ----
+    # ---- runtime only: may differ between a run and its resume without changing a byte ----
     #: Images per forward pass (views count as images).
     batch_size: int = 32
-
-    #: Fields that may differ between the run that created a store and one that resumes it.
-    RUNTIME_FIELDS = ("batch_size",)

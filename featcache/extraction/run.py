@@ -100,6 +100,7 @@ def store_identity(config: ExtractConfig, encoder: FrozenEncoder, dataset: Datas
         "image_size": config.image_size,
         "mask_size": config.mask_size if dataset.has_masks else None,
         "samples_per_chunk": config.samples_per_chunk,
+        "compression_level": config.compression_level,
         "dataset_source": dataset.source(),
         "dataset_split": dataset.split,
         "dataset_fingerprint": dataset.fingerprint(),
@@ -236,7 +237,7 @@ def extract(
         )
     seconds = time.perf_counter() - started
     complete = not pending_units(out)
-    if complete:
+    if complete and pending:
         finalize_store(out)
     return ExtractSummary(
         store=out,

@@ -7,7 +7,7 @@ The same functions serve the single-process pipeline (which overlaps them in thr
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -57,12 +57,26 @@ def prepare_sample(
         return PreparedSample(index=index, sample_id=sample_id, error=str(error))
     height, width = sample.image.shape[:2]
     model_inputs, images, masks, params = [], [], [], []
+    # Views that share a crop box (the centre crop and its flip) are resized once and mirrored.
+    resized: dict[tuple[float, float, float, float], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
     for view_index, view in enumerate(views):
         crop = crop_params(view, height, width, config.view_seed, index, view_index)
-        model_inputs.append(resize_crop_image(sample.image, crop, resolution))
-        images.append(resize_crop_image(sample.image, crop, config.image_size))
-        if sample.instance_mask is not None:
-            masks.append(resize_crop_mask(sample.instance_mask, crop, config.mask_size))
+        box = (crop.top, crop.left, crop.height, crop.width)
+        if box not in resized:
+            unflipped = replace(crop, flip=False)
+            resized[box] = (
+                resize_crop_image(sample.image, unflipped, resolution),
+                resize_crop_image(sample.image, unflipped, config.image_size),
+                resize_crop_mask(sample.instance_mask, unflipped, config.mask_size) if sample.instance_mask is not None else None,
+            )
+        model_input, image, mask = resized[box]
+        if crop.flip:  # (rows, columns, ...) -> mirror the columns
+            model_input, image = model_input[:, ::-1], image[:, ::-1]
+            mask = mask[:, ::-1] if mask is not None else None
+        model_inputs.append(model_input)
+        images.append(image)
+        if mask is not None:
+            masks.append(mask)
         params.append(crop.as_array())
     return PreparedSample(
         index=index,
