@@ -20,8 +20,10 @@ from featcache.errors import FeatcacheError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic scenes.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks measured side by side in one run.")
+analyze_app = typer.Typer(no_args_is_help=True, help="Diagnostics of features and codes.")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(analyze_app, name="analyze")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -107,6 +109,89 @@ def extract(
     )
     for sample_id, reason in summary.bad.items():
         error_console.print(f"[yellow]skipped[/] {sample_id}: {reason}")
+
+
+@app.command("train-vq")
+def train_vq_command(
+    store: Path = typer.Option(..., help="A complete feature store."),
+    out: Path = typer.Option(..., help="Run folder (weights, config.yaml, run.json, metrics, reconstructions.png)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (configs/vq/); default: the paper's settings."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. quantizer.codebook_size=1024."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features from the images every step."),
+) -> None:
+    """Pre-train the VVO quantizer on cached features (only the quantizer and its decoder train)."""
+    from featcache.config import load_config
+    from featcache.stages.train_vq import VQTrainConfig, print_result, read_run_config, train_vq
+
+    if resume and config is None:
+        train_config = read_run_config(out, VQTrainConfig, list(set_))
+    else:
+        train_config = load_config(VQTrainConfig, config, list(set_))
+    result = train_vq(store, train_config, out, device=device, resume=resume, online=online)
+    print_result(result)
+
+
+@app.command()
+def tokenize(
+    store: Path = typer.Option(..., help="A complete feature store."),
+    vq: Path = typer.Option(..., help="A train-vq run folder."),
+    name: str = typer.Option(..., help="Name of the token set in the store (several may coexist)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing token set of this name."),
+    batch_size: int = typer.Option(256, help="Views per forward pass."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Write the VQ run's token indices (uint16) for every view into the store, with the projected codebook."""
+    from featcache.stages.tokenize import tokenize_store
+
+    summary = tokenize_store(store, vq, name, overwrite=overwrite, batch_size=batch_size, device=device)
+    console.print(
+        f"{store}: token set {summary.name!r} ({summary.codebook_size} codes), {summary.units_run} of {summary.units_total} units "
+        f"written in {summary.seconds:.1f} s"
+    )
+
+
+@analyze_app.command("codes")
+def analyze_codes_command(
+    store: Path = typer.Option(..., help="A store with a token set."),
+    tokens: str = typer.Option(..., help="Token set name."),
+    out: Optional[Path] = typer.Option(None, help="Folder for codes.json and PNG plots; default runs/analysis/<store>-<tokens>."),
+) -> None:
+    """Code usage, dead codes, perplexity, nearest-neighbour distances (faiss), quantization error, codes per image."""
+    from featcache.analysis.codes import analyze_codes, print_code_table
+
+    out_dir = out or Path("runs") / "analysis" / f"{store.stem}-{tokens}"
+    statistics = analyze_codes(store, tokens, out_dir)
+    print_code_table(statistics)
+    console.print(f"wrote {out_dir}")
+
+
+@analyze_app.command("separability")
+def analyze_separability_command(
+    store: list[Path] = typer.Option(..., help="One or more stores with masks (repeat --store to compare)."),
+    view: str = typer.Option("center", help="View to analyse."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many images per store."),
+    tokens: Optional[str] = typer.Option(None, help="Also analyse the quantized codes of this token set."),
+    pca_dims: int = typer.Option(32, help="PCA dimensions for the distance statistics."),
+    seed: int = typer.Option(0, help="Seed of PCA subsampling and kMeans."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
+) -> None:
+    """Do the features separate objects? Intra/inter-object distances and per-image kMeans ARI / FG-ARI."""
+    from featcache.analysis.separability import (
+        analyze_separability,
+        print_separability_table,
+        write_separability_csv,
+        write_separability_json,
+    )
+
+    rows = analyze_separability(list(store), view=view, limit=limit, token_name=tokens, pca_dims=pca_dims, seed=seed)
+    print_separability_table(rows)
+    if json_out is not None:
+        write_separability_json(rows, json_out)
+    if csv_out is not None:
+        write_separability_csv(rows, csv_out)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Extraction: run a frozen VFM over a dataset's views once and write the store."""
 
 from featcache.extraction.config import ExtractConfig
-from featcache.extraction.run import ExtractSummary, extract, resolve_device
+from featcache.extraction.run import ExtractSummary, extract
 
-__all__ = ["ExtractConfig", "ExtractSummary", "extract", "resolve_device"]
+__all__ = ["ExtractConfig", "ExtractSummary", "extract"]

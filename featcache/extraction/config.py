@@ -21,7 +21,7 @@ class ExtractConfig:
     crops: int = 0
     #: Seed of the random crops; crop parameters depend only on (seed, sample, view).
     view_seed: int = 0
-    #: Side of the cached view images (the VQ decoder reconstructs 128 x 128 pixels).
+    #: Side of the cached view images (the VQ decoder reconstructs 128 x 128 pixels); 0 = keep no images.
     image_size: int = 128
     #: Side of the cached instance masks: the evaluation resolution (VVO 256; DINOSAUR 320).
     mask_size: int = 256

@@ -30,6 +30,7 @@ from featcache.datasets import Dataset, open_dataset
 from featcache.encoders import ENCODERS, create_encoder
 from featcache.encoders.base import FrozenEncoder
 from featcache.errors import FeatcacheError, StoreError
+from featcache.runtime import resolve_device
 from featcache.extraction.config import ExtractConfig
 from featcache.extraction.units import FeatureComputer, PreparedSample, assemble_unit, prepare_sample
 from featcache.store import schema
@@ -58,17 +59,6 @@ class ExtractSummary:
     @property
     def samples_per_second(self) -> float:
         return self.samples_run / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a one-line error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FeatcacheError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise FeatcacheError(f"--device {device!r}: expected auto, cpu or cuda")
-    return torch.device(device)
 
 
 def library_versions() -> dict[str, str]:

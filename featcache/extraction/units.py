@@ -6,7 +6,6 @@ The same functions serve the single-process pipeline (which overlaps them in thr
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,6 +15,7 @@ from featcache.datasets import Dataset
 from featcache.errors import DatasetError
 from featcache.encoders.base import FrozenEncoder
 from featcache.extraction.config import ExtractConfig
+from featcache.runtime import autocast
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
 from featcache.store.writer import UnitArrays
@@ -45,8 +45,10 @@ def prepare_sample(
     config: ExtractConfig,
     resolution: int,
     skip_bad: bool,
+    only_view: int | None = None,
 ) -> PreparedSample:
-    """Decode sample ``index`` and cut every view; bad input raises, or is recorded with ``skip_bad``."""
+    """Decode sample ``index`` and cut every view (or only view ``only_view``); bad input raises, or is
+    recorded with ``skip_bad``."""
     try:
         sample = dataset.load(index)
         if dataset.has_masks and sample.instance_mask is None:
@@ -58,23 +60,27 @@ def prepare_sample(
     height, width = sample.image.shape[:2]
     model_inputs, images, masks, params = [], [], [], []
     # Views that share a crop box (the centre crop and its flip) are resized once and mirrored.
-    resized: dict[tuple[float, float, float, float], tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    resized: dict[tuple[float, float, float, float], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
     for view_index, view in enumerate(views):
+        if only_view is not None and view_index != only_view:
+            continue
         crop = crop_params(view, height, width, config.view_seed, index, view_index)
         box = (crop.top, crop.left, crop.height, crop.width)
         if box not in resized:
             unflipped = replace(crop, flip=False)
             resized[box] = (
                 resize_crop_image(sample.image, unflipped, resolution),
-                resize_crop_image(sample.image, unflipped, config.image_size),
+                resize_crop_image(sample.image, unflipped, config.image_size) if config.image_size > 0 else None,
                 resize_crop_mask(sample.instance_mask, unflipped, config.mask_size) if sample.instance_mask is not None else None,
             )
         model_input, image, mask = resized[box]
         if crop.flip:  # (rows, columns, ...) -> mirror the columns
-            model_input, image = model_input[:, ::-1], image[:, ::-1]
+            model_input = model_input[:, ::-1]
+            image = image[:, ::-1] if image is not None else None
             mask = mask[:, ::-1] if mask is not None else None
         model_inputs.append(model_input)
-        images.append(image)
+        if image is not None:
+            images.append(image)
         if mask is not None:
             masks.append(mask)
         params.append(crop.as_array())
@@ -82,7 +88,7 @@ def prepare_sample(
         index=index,
         sample_id=sample_id,
         model_inputs=np.stack(model_inputs),
-        images=np.stack(images),
+        images=np.stack(images) if images else None,
         masks=np.stack(masks) if masks else None,
         view_params=np.stack(params),
         source_size=(height, width),
@@ -102,21 +108,25 @@ class FeatureComputer:
         self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255.0
 
     @torch.inference_mode()
-    def __call__(self, views: np.ndarray) -> np.ndarray:
-        """(B, R, R, 3) uint8 -> (B, h, w, C) float16, in batches of ``batch_size``."""
+    def compute(self, views: np.ndarray) -> torch.Tensor:
+        """(B, R, R, 3) uint8 -> (B, h, w, C) float32 on the device, in batches of ``batch_size``."""
         outputs = []
-        use_cuda = self.device.type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else nullcontext()
         for start in range(0, views.shape[0], self.batch_size):
             batch = torch.from_numpy(views[start : start + self.batch_size])
-            if use_cuda:
+            if self.device.type == "cuda":
                 batch = batch.pin_memory().to(self.device, non_blocking=True)
             # (B, R, R, 3) uint8 -> (B, 3, R, R) normalised float32
             pixels = (batch.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            with autocast:
+            with autocast(self.device):
                 features = self.encoder(pixels)
-            outputs.append(features.float().to(torch.float16).cpu().numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0,), np.float16)
+            outputs.append(features.float())
+        return torch.cat(outputs)
+
+    def __call__(self, views: np.ndarray) -> np.ndarray:
+        """(B, R, R, 3) uint8 -> (B, h, w, C) float16 numpy: what the store keeps."""
+        if views.shape[0] == 0:
+            return np.zeros((0,), np.float16)
+        return self.compute(views).to(torch.float16).cpu().numpy()
 
 
 def assemble_unit(
@@ -130,7 +140,7 @@ def assemble_unit(
     count, views = stop - start, layout.num_views
     height, width = layout.grid
     features = np.zeros((count, views, height, width, layout.channels), np.float16)
-    images = np.zeros((count, views, layout.image_size, layout.image_size, 3), np.uint8)
+    images = np.zeros((count, views, layout.image_size, layout.image_size, 3), np.uint8) if layout.image_size else None
     masks = np.zeros((count, views, layout.mask_size, layout.mask_size), np.uint16) if layout.mask_size else None
     view_params = np.zeros((count, views, 5), np.float32)
     source_size = np.zeros((count, 2), np.int32)
@@ -149,7 +159,8 @@ def assemble_unit(
             bad[sample.sample_id] = sample.error
             continue
         features[row] = computed[good_rows[id(sample)]]
-        images[row] = sample.images
+        if images is not None:
+            images[row] = sample.images
         if masks is not None and sample.masks is not None:
             masks[row] = sample.masks
         view_params[row] = sample.view_params

@@ -20,6 +20,14 @@ from featcache.console import RandomWeightsWarning
 from featcache.errors import StoreError
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
+from featcache.store.tokens import (
+    CODEBOOK,
+    INDICES,
+    SQUARED_ERRORS,
+    TOKEN_ATTRIBUTES_KEY,
+    token_group_path,
+)
+from featcache.store.tokens import token_names as list_token_names
 from featcache.store.writer import directory_bytes
 
 ViewSelection = int | str | Sequence[int] | None
@@ -208,8 +216,14 @@ class FeatureStore:
 
         return apply_final_norm(stored, self.attributes["encoder"]["final_norm"])
 
+    @property
+    def has_images(self) -> bool:
+        return schema.IMAGES in self.group
+
     def images(self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
         """Cached view images (B, I, I, 3) or (B, V, I, I, 3), uint8."""
+        if not self.has_images:
+            raise StoreError(f"store {self.path} has no images (extracted with image_size 0)")
         return self._read(schema.IMAGES, indices, view)
 
     def masks(self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
@@ -226,6 +240,37 @@ class FeatureStore:
 
     def sample_status(self) -> np.ndarray:
         return self.group[schema.SAMPLE_STATUS][:]
+
+    # ----------------------------------------------------------------- tokens
+    def token_names(self) -> list[str]:
+        """Names of the token sets written by `featcache tokenize`."""
+        return list_token_names(self.group)
+
+    def _token_path(self, name: str) -> str:
+        path = token_group_path(name)
+        if name not in self.token_names():
+            known = ", ".join(self.token_names()) or "none"
+            raise StoreError(f"store {self.path} has no token set {name!r}; token sets: {known}")
+        return path
+
+    def token_attributes(self, name: str) -> dict[str, Any]:
+        return dict(self.group[self._token_path(name)].attrs[TOKEN_ATTRIBUTES_KEY])
+
+    def token_completeness(self, name: str) -> tuple[int, int]:
+        done = self.group[f"{self._token_path(name)}/{schema.UNITS_DONE}"][:]
+        return int(done.sum()), int(done.shape[0])
+
+    def tokens(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
+        """Token indices (B, h, w) or (B, V, h, w), uint16."""
+        return self._read(f"{self._token_path(name)}/{INDICES}", indices, view)
+
+    def token_errors(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
+        """Squared L2 distance between each patch's encoding and its code, (B, h, w) or (B, V, h, w), float32."""
+        return self._read(f"{self._token_path(name)}/{SQUARED_ERRORS}", indices, view).astype(np.float32)
+
+    def codebook(self, name: str) -> np.ndarray:
+        """The projected codebook (K, D) float32 that token indices point into."""
+        return self.group[f"{self._token_path(name)}/{CODEBOOK}"][:]
 
     def iter_blocks(self, view: ViewSelection = 0, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (sample indices, features) one chunk-aligned unit at a time, in ``order`` of units.

@@ -27,7 +27,7 @@ class UnitArrays:
     unit: int
     start: int
     features: np.ndarray  # (n, V, h, w, C) float16
-    images: np.ndarray  # (n, V, I, I, 3) uint8
+    images: np.ndarray | None  # (n, V, I, I, 3) uint8; None when the store keeps no images
     masks: np.ndarray | None  # (n, V, M, M) uint16
     view_params: np.ndarray  # (n, V, 5) float32
     source_size: np.ndarray  # (n, 2) int32
@@ -68,7 +68,8 @@ def create_store(
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=[compressor], fill_value=fill)
 
     per_sample(schema.FEATURES, (n, views, height, width, layout.channels), "float16")
-    per_sample(schema.IMAGES, (n, views, layout.image_size, layout.image_size, 3), "uint8")
+    if layout.image_size > 0:
+        per_sample(schema.IMAGES, (n, views, layout.image_size, layout.image_size, 3), "uint8")
     if layout.mask_size is not None:
         per_sample(schema.MASKS, (n, views, layout.mask_size, layout.mask_size), "uint16")
     per_sample(schema.VIEW_PARAMS, (n, views, 5), "float32")
@@ -94,7 +95,8 @@ def write_unit(path: Path, arrays: UnitArrays) -> None:
     stop = arrays.start + arrays.status.shape[0]
     region = slice(arrays.start, stop)
     group[schema.FEATURES][region] = arrays.features
-    group[schema.IMAGES][region] = arrays.images
+    if arrays.images is not None:
+        group[schema.IMAGES][region] = arrays.images
     if arrays.masks is not None:
         group[schema.MASKS][region] = arrays.masks
     group[schema.VIEW_PARAMS][region] = arrays.view_params

@@ -1,0 +1,316 @@
+"""Statistics of a VQ codebook and of the token indices it produced: usage, spread, quantization error.
+
+Answers "is the codebook healthy?": how many codes are used (dead codes waste capacity), how evenly
+(perplexity, coefficient of variation), how far apart the codes are (nearest-neighbour distances with
+faiss), how well they fit the features (quantization error) and how many distinct codes an image uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from featcache.console import console as default_console
+from featcache.errors import FeatcacheError
+
+
+@dataclass
+class CodeStatistics:
+    """Everything :func:`code_statistics` measures; arrays for plots, scalars for tables and JSON."""
+
+    num_codes: int
+    code_dim: int
+    num_samples: int
+    tokens_per_sample: int
+    #: (K,) number of tokens assigned to each code.
+    usage: np.ndarray
+    used_codes: int
+    dead_codes: int
+    #: exp(entropy of the usage distribution): K for uniform usage, 1 when one code takes every token.
+    perplexity: float
+    #: std / mean of the per-code counts over all K codes (0 = perfectly even).
+    usage_cv: float
+    #: (K,) L2 distance from each code to its nearest other code (empty when K == 1).
+    nn_distances: np.ndarray
+    nn_distance_min: float
+    nn_distance_median: float
+    nn_distance_mean: float
+    #: (N,) distinct codes per sample.
+    codes_per_image: np.ndarray
+    codes_per_image_mean: float
+    codes_per_image_min: int
+    codes_per_image_max: int
+    #: (N * h * w,) L2 quantization error per token, or None when no errors were given.
+    quantization_errors: np.ndarray | None = None
+    quantization_error_mean: float | None = None
+    quantization_error_median: float | None = None
+    quantization_error_p90: float | None = None
+    #: "cpu" or "gpu": where faiss searched the nearest neighbours.
+    faiss_device: str = "cpu"
+
+    def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
+        """JSON-able summary: scalars and the usage histogram; per-code distances and per-sample arrays on request."""
+        summary: dict[str, Any] = {
+            "num_codes": self.num_codes,
+            "code_dim": self.code_dim,
+            "num_samples": self.num_samples,
+            "tokens_per_sample": self.tokens_per_sample,
+            "used_codes": self.used_codes,
+            "dead_codes": self.dead_codes,
+            "perplexity": _json_float(self.perplexity),
+            "usage_cv": _json_float(self.usage_cv),
+            "nn_distance_min": _json_float(self.nn_distance_min),
+            "nn_distance_median": _json_float(self.nn_distance_median),
+            "nn_distance_mean": _json_float(self.nn_distance_mean),
+            "codes_per_image_mean": _json_float(self.codes_per_image_mean),
+            "codes_per_image_min": self.codes_per_image_min,
+            "codes_per_image_max": self.codes_per_image_max,
+            "quantization_error_mean": _json_float(self.quantization_error_mean),
+            "quantization_error_median": _json_float(self.quantization_error_median),
+            "quantization_error_p90": _json_float(self.quantization_error_p90),
+            "faiss_device": self.faiss_device,
+            "usage": [int(count) for count in self.usage],
+        }
+        if include_arrays:
+            summary["nn_distances"] = [_json_float(value) for value in self.nn_distances]
+            summary["codes_per_image"] = [int(value) for value in self.codes_per_image]
+        return summary
+
+
+def _json_float(value: float | None) -> float | None:
+    """nan/inf are not JSON: they become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _resolve_gpu(use_gpu: bool | None) -> bool:
+    """None = use a GPU when this faiss build sees one; True without one is a one-line error."""
+    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if use_gpu is None:
+        return available
+    if use_gpu and not available:
+        raise FeatcacheError("use_gpu=True but faiss sees no GPU (faiss-cpu build or no CUDA device); expected use_gpu=None or False")
+    return use_gpu
+
+
+def nearest_code_distances(codebook: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, str]:
+    """L2 distance (K,) from each code to its nearest *other* code, with the faiss device used.
+
+    faiss returns squared distances; a code's own row is skipped by index, so duplicated codes give 0.
+    """
+    codebook = np.ascontiguousarray(codebook, dtype=np.float32)
+    num_codes = codebook.shape[0]
+    on_gpu = _resolve_gpu(use_gpu)
+    device = "gpu" if on_gpu else "cpu"
+    if num_codes < 2:
+        return np.zeros(0, dtype=np.float64), device
+    index = faiss.IndexFlatL2(codebook.shape[1])
+    resources = None  # must outlive the GPU index
+    if on_gpu:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    index.add(codebook)
+    squared, neighbours = index.search(codebook, 2)  # (K, 2) each
+    own_row = np.arange(num_codes)
+    # Take the first column whose neighbour is not the code itself (ties may list the duplicate first).
+    column = np.where(neighbours[:, 0] != own_row, 0, 1)
+    nearest_squared = squared[own_row, column].astype(np.float64)
+    return np.sqrt(np.maximum(nearest_squared, 0.0)), device
+
+
+def _check_inputs(
+    indices: np.ndarray, codebook: np.ndarray, squared_errors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    indices = np.asarray(indices)
+    codebook = np.asarray(codebook)
+    if codebook.ndim != 2 or codebook.shape[0] == 0:
+        raise FeatcacheError(f"codebook has shape {codebook.shape}; expected (K, D) with K >= 1")
+    if not np.issubdtype(codebook.dtype, np.floating) or not np.isfinite(codebook).all():
+        raise FeatcacheError(f"codebook has dtype {codebook.dtype} or non-finite values; expected finite floats")
+    if indices.ndim < 2 or indices.shape[0] == 0:
+        raise FeatcacheError(f"token indices have shape {indices.shape}; expected (N, h, w) with N >= 1")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise FeatcacheError(f"token indices have dtype {indices.dtype}; expected integers")
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= codebook.shape[0]):
+        raise FeatcacheError(
+            f"token indices span {int(indices.min())}..{int(indices.max())}; "
+            f"expected 0..{codebook.shape[0] - 1} for a codebook of {codebook.shape[0]} codes"
+        )
+    if squared_errors is not None:
+        squared_errors = np.asarray(squared_errors, dtype=np.float64)
+        if squared_errors.shape != indices.shape:
+            raise FeatcacheError(f"squared_errors have shape {squared_errors.shape}; expected the token shape {indices.shape}")
+        if not np.isfinite(squared_errors).all():
+            raise FeatcacheError("squared_errors hold nan or inf; expected finite squared distances")
+    return indices, codebook, squared_errors
+
+
+def code_statistics(
+    indices: np.ndarray,
+    codebook: np.ndarray,
+    squared_errors: np.ndarray | None = None,
+    use_gpu: bool | None = None,
+) -> CodeStatistics:
+    """Usage, spread and fit statistics of ``codebook`` (K, D) given token ``indices`` (N, h, w).
+
+    ``squared_errors`` (N, h, w): squared L2 distance of each patch's encoding to its code, when known.
+    ``use_gpu``: None = faiss GPU index when a GPU is visible, else CPU.
+    """
+    indices, codebook, squared_errors = _check_inputs(indices, codebook, squared_errors)
+    num_codes, code_dim = codebook.shape
+    tokens = indices.reshape(indices.shape[0], -1).astype(np.int64)  # (N, h*w)
+
+    usage = np.bincount(tokens.reshape(-1), minlength=num_codes)
+    total = usage.sum()
+    probabilities = usage[usage > 0] / total
+    entropy = float(-(probabilities * np.log(probabilities)).sum())
+    mean_count = usage.mean()
+    usage_cv = float(usage.std() / mean_count) if mean_count > 0 else float("nan")
+    used = int((usage > 0).sum())
+
+    nn_distances, device = nearest_code_distances(codebook, use_gpu)
+    has_neighbours = nn_distances.size > 0
+
+    # Distinct codes per sample: sort each row and count value changes.
+    sorted_tokens = np.sort(tokens, axis=1)
+    codes_per_image = (np.diff(sorted_tokens, axis=1) != 0).sum(axis=1) + 1
+
+    errors = None
+    if squared_errors is not None:
+        errors = np.sqrt(np.maximum(squared_errors.reshape(-1), 0.0))  # float rounding can give tiny negatives
+
+    return CodeStatistics(
+        num_codes=int(num_codes),
+        code_dim=int(code_dim),
+        num_samples=int(tokens.shape[0]),
+        tokens_per_sample=int(tokens.shape[1]),
+        usage=usage,
+        used_codes=used,
+        dead_codes=int(num_codes - used),
+        perplexity=float(np.exp(entropy)),
+        usage_cv=usage_cv,
+        nn_distances=nn_distances,
+        nn_distance_min=float(nn_distances.min()) if has_neighbours else float("nan"),
+        nn_distance_median=float(np.median(nn_distances)) if has_neighbours else float("nan"),
+        nn_distance_mean=float(nn_distances.mean()) if has_neighbours else float("nan"),
+        codes_per_image=codes_per_image,
+        codes_per_image_mean=float(codes_per_image.mean()),
+        codes_per_image_min=int(codes_per_image.min()),
+        codes_per_image_max=int(codes_per_image.max()),
+        quantization_errors=errors,
+        quantization_error_mean=float(errors.mean()) if errors is not None else None,
+        quantization_error_median=float(np.median(errors)) if errors is not None else None,
+        quantization_error_p90=float(np.percentile(errors, 90)) if errors is not None else None,
+        faiss_device=device,
+    )
+
+
+# ----------------------------------------------------------------------------- output
+def _save_figure(draw: Any, path: Path) -> Path:
+    """Draw on a fresh Agg figure (no pyplot global state) and save it as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    draw(axes)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
+def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
+    """PNG plots of usage (sorted, log y), NN distances, codes per image and quantization error (if known)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def usage_plot(axes: Any) -> None:
+        ranked = np.sort(stats.usage)[::-1]
+        positive = ranked[ranked > 0]
+        axes.plot(np.arange(1, positive.size + 1), positive, drawstyle="steps-post")
+        axes.set_yscale("log")
+        axes.set_xlim(1, max(stats.num_codes, 2))
+        axes.set_xlabel("code rank")
+        axes.set_ylabel("tokens")
+        axes.set_title(
+            f"code usage: {stats.used_codes}/{stats.num_codes} used, perplexity {stats.perplexity:.1f}"
+        )
+
+    written.append(_save_figure(usage_plot, out_dir / "code_usage.png"))
+
+    def nn_plot(axes: Any) -> None:
+        axes.hist(stats.nn_distances, bins=50)
+        axes.set_xlabel("L2 distance to nearest other code")
+        axes.set_ylabel("codes")
+        axes.set_title(f"nearest-neighbour distances (median {stats.nn_distance_median:.3g})")
+
+    written.append(_save_figure(nn_plot, out_dir / "code_nn_distances.png"))
+
+    def per_image_plot(axes: Any) -> None:
+        low, high = stats.codes_per_image_min, stats.codes_per_image_max
+        axes.hist(stats.codes_per_image, bins=np.arange(low, high + 2) - 0.5 if high - low < 100 else 50)
+        axes.set_xlabel(f"distinct codes per sample (of {stats.tokens_per_sample} tokens)")
+        axes.set_ylabel("samples")
+        axes.set_title(f"codes per image (mean {stats.codes_per_image_mean:.1f})")
+
+    written.append(_save_figure(per_image_plot, out_dir / "codes_per_image.png"))
+
+    if stats.quantization_errors is not None:
+        errors = stats.quantization_errors
+
+        def error_plot(axes: Any) -> None:
+            axes.hist(errors, bins=50)
+            axes.axvline(stats.quantization_error_median, color="black", linestyle="--", label="median")
+            axes.axvline(stats.quantization_error_p90, color="red", linestyle=":", label="p90")
+            axes.set_xlabel("L2 quantization error per token")
+            axes.set_ylabel("tokens")
+            axes.set_title(f"quantization error (mean {stats.quantization_error_mean:.3g})")
+            axes.legend()
+
+        written.append(_save_figure(error_plot, out_dir / "quantization_error.png"))
+    return written
+
+
+def _format(value: float | int | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
+
+
+def print_code_table(stats: CodeStatistics, title: str = "codebook statistics", console: Console | None = None) -> None:
+    """Print the scalar statistics as a two-column rich table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("statistic", style="bold")
+    table.add_column("value", justify="right")
+    dead_style = "red" if stats.dead_codes else "green"
+    nn_distances = (stats.nn_distance_min, stats.nn_distance_median, stats.nn_distance_mean)
+    per_image = f"{_format(stats.codes_per_image_mean)} / {stats.codes_per_image_min} / {stats.codes_per_image_max}"
+    rows: list[tuple[str, str]] = [
+        ("codes (K x D)", f"{stats.num_codes} x {stats.code_dim}"),
+        ("samples x tokens", f"{stats.num_samples} x {stats.tokens_per_sample}"),
+        ("used codes", f"{stats.used_codes} ({stats.used_codes / stats.num_codes:.1%})"),
+        ("dead codes", f"[{dead_style}]{stats.dead_codes}[/]"),
+        ("perplexity", _format(stats.perplexity)),
+        ("usage CV (std/mean)", _format(stats.usage_cv)),
+        ("NN distance min / median / mean", " / ".join(_format(value) for value in nn_distances)),
+        ("codes per image mean / min / max", per_image),
+    ]
+    if stats.quantization_errors is not None:
+        errors = (stats.quantization_error_mean, stats.quantization_error_median, stats.quantization_error_p90)
+        rows.append(("quantization error mean / median / p90", " / ".join(_format(value) for value in errors)))
+    rows.append(("faiss device", stats.faiss_device))
+    for name, value in rows:
+        table.add_row(name, value)
+    (console or default_console).print(table)

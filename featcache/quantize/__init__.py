@@ -1,0 +1,32 @@
+"""Quantizer pre-training (VVO): a VQ model trained on cached VFM features, then frozen for object-centric learning."""
+
+from featcache.quantize.codebook import SimVQCodebook, nearest_codes, squared_distances
+from featcache.quantize.config import DecoderConfig, QuantizerConfig
+from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, pixel_targets, upsampling_stages
+from featcache.quantize.encoder import FeatureEncoder
+from featcache.quantize.model import VQModel, VQOutput
+from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
+from featcache.quantize.schedules import gumbel_scale, residual_alpha, warmup_cosine_lr
+from featcache.quantize.usage import code_usage_statistics, usage_statistics_from_counts
+
+__all__ = [
+    "DecoderConfig",
+    "FeatureDecoder",
+    "FeatureEncoder",
+    "PixelDecoder",
+    "QuantizerConfig",
+    "QuantizerOutput",
+    "SimVQCodebook",
+    "VQModel",
+    "VQOutput",
+    "VectorQuantizer",
+    "code_usage_statistics",
+    "gumbel_scale",
+    "nearest_codes",
+    "pixel_targets",
+    "residual_alpha",
+    "squared_distances",
+    "upsampling_stages",
+    "usage_statistics_from_counts",
+    "warmup_cosine_lr",
+]

@@ -1,0 +1,279 @@
+"""`featcache train-vq`: pre-train the VVO quantizer from cached features (or online, as the baseline).
+
+Adam with warm-up + cosine, gradient clipping, bf16 autocast on CUDA, seeds, periodic checkpoints and
+exact ``--resume`` (weights, optimizer, random generators and the batch sampler are all saved), a metrics
+log with code usage, and a PNG of image reconstructions at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featcache.config import from_dict, to_dict
+from featcache.console import error_console, format_rate, progress_bar
+from featcache.errors import ConfigError, FeatcacheError, StoreError
+from featcache.extraction.run import library_versions
+from featcache.quantize import DecoderConfig, QuantizerConfig, VQModel, usage_statistics_from_counts, warmup_cosine_lr
+from featcache.runtime import autocast, resolve_device, seed_everything
+from featcache.store import FeatureStore
+from featcache.store.writer import utc_now
+from featcache.training.checkpoint import CONFIG_NAME, load_train_state, load_weights, read_run, save_checkpoint
+from featcache.training.loader import CachedBatches
+from featcache.training.metrics_log import MetricsLog
+from featcache.training.online import OnlineBatches
+
+
+@dataclass(frozen=True)
+class VQTrainConfig:
+    """Everything a quantizer pre-training run depends on (saved as config.yaml in the run folder)."""
+
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    #: Feature kind read from the store: ``auto`` = final_norm when derivable (VVO), else the stored kind.
+    feature_kind: str = "auto"
+    steps: int = 30000
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    warmup_fraction: float = 0.05
+    final_lr_ratio: float = 1e-3
+    grad_clip: float = 1.0
+    seed: int = 0
+    #: bf16 autocast on CUDA (ignored on CPU).
+    amp: bool = True
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    #: ``auto``: arrays in RAM/GPU memory when they fit, else streamed chunks.
+    loader: Literal["auto", "memory", "stream"] = "auto"
+
+
+@dataclass
+class VQTrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    samples_per_second: float
+    data_wait_fraction: float
+    first_losses: list[float]
+    last_row: dict[str, Any]
+
+
+def resolve_feature_kind(store: FeatureStore, requested: str) -> str:
+    if requested == "auto":
+        return "final_norm" if "final_norm" in store.feature_kinds else store.stored_kind
+    if requested not in store.feature_kinds:
+        raise ConfigError(f"feature_kind {requested!r} is not available from store {store.path}; available: auto, {', '.join(store.feature_kinds)}")
+    return requested
+
+
+def store_summary_for_run(store: FeatureStore, feature_kind: str) -> dict[str, Any]:
+    """What a later stage needs to check a run against a store."""
+    attributes = store.attributes
+    return {
+        "path": str(store.path),
+        "identity": attributes["identity"],
+        "encoder": attributes["encoder"]["name"],
+        "channels": store.layout.channels,
+        "grid": list(store.layout.grid),
+        "feature_kind": feature_kind,
+        "weights": attributes["weights"],
+        "dataset": attributes["dataset"],
+    }
+
+
+def build_vq_model(config: VQTrainConfig, channels: int, grid: tuple[int, int]) -> VQModel:
+    return VQModel(config.quantizer, config.decoder, channels, grid)
+
+
+def load_vq_run(run_dir: Path, device: torch.device) -> tuple[VQModel, VQTrainConfig, dict[str, Any], str]:
+    """(frozen model, config, run info, weights sha256) of a finished or checkpointed VQ run."""
+    raw_config, info = read_run(run_dir)
+    if info.get("stage") != "vq":
+        raise FeatcacheError(f"{run_dir} is not a VQ run (stage {info.get('stage')!r}); expected a folder written by train-vq")
+    config = from_dict(VQTrainConfig, raw_config)
+    model = build_vq_model(config, info["store"]["channels"], tuple(info["store"]["grid"]))  # type: ignore[arg-type]
+    sha256 = load_weights(run_dir, model)
+    return model.to(device).eval().requires_grad_(False), config, info, sha256
+
+
+def read_run_config(run_dir: Path, config_class: type, overrides: list[str]) -> Any:
+    """The config saved in a run folder (for ``--resume`` without ``--config``), with overrides applied."""
+    from featcache.config import merge, parse_overrides
+
+    raw_config, _ = read_run(run_dir)
+    config = from_dict(config_class, raw_config)
+    return merge(config, parse_overrides(overrides)) if overrides else config
+
+
+def _check_resume_config(run_dir: Path, config: VQTrainConfig) -> None:
+    saved, _ = read_run(run_dir)
+    new = to_dict(config)
+    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in new.items() if saved.get(key) != value]
+    if differences:
+        raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
+
+
+def train_vq(
+    store_path: str | Path,
+    config: VQTrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    online: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> VQTrainResult:
+    """Train the quantizer on ``store_path``'s features; ``stop_after`` ends early (tests, benchmarks)."""
+    run_dir = Path(out)
+    if resume:
+        _check_resume_config(run_dir, config)
+    elif (run_dir / CONFIG_NAME).exists():
+        raise FeatcacheError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    target_device = resolve_device(device)
+    store = FeatureStore(store_path)
+    store.require_complete()
+    feature_kind = resolve_feature_kind(store, config.feature_kind)
+    with_images = config.decoder.target == "pixels"
+    if with_images and not store.has_images:
+        raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (decoder.target: pixels)")
+    if with_images and store.layout.image_size != config.decoder.image_size:
+        raise ConfigError(
+            f"decoder.image_size {config.decoder.image_size} differs from the cached images' {store.layout.image_size} px in {store.path}"
+        )
+    seed_everything(config.seed)
+    model = build_vq_model(config, store.layout.channels, store.layout.grid).to(target_device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    loader_class = OnlineBatches if online else CachedBatches
+    loader_kwargs: dict[str, Any] = {} if online else {"mode": config.loader}
+    batches = loader_class(store, config.batch_size, target_device, feature_kind, with_images, seed=config.seed, **loader_kwargs)
+    start_step = 0
+    if resume:
+        state = load_train_state(run_dir)
+        load_weights(run_dir, model)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        batches.load_state_dict(state["loader"])
+        start_step = state["step"]
+    run_info = {
+        "stage": "vq",
+        "created": utc_now(),
+        "store": store_summary_for_run(store, feature_kind),
+        "online": online,
+        "device": str(target_device),
+        "versions": library_versions(),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = MetricsLog(run_dir, resume_from_step=start_step if resume else None)
+    usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
+    first_losses: list[float] = []
+    last_row: dict[str, Any] = {}
+    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+    last_good_step = start_step
+
+    def checkpoint(step: int) -> None:
+        train_state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "loader": batches.state_dict(),
+        }
+        save_checkpoint(run_dir, model, to_dict(config), {**run_info, "step": step}, train_state)
+
+    model.train()
+    started = time.perf_counter()
+    window_started, window_samples = started, 0
+    with progress_bar("samples", disable=not show_progress) as progress:
+        task = progress.add_task("train-vq" + (" (online)" if online else ""), total=end_step - start_step, rate="")
+        for step in range(start_step, end_step):
+            learning_rate = warmup_cosine_lr(step, config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            batch = batches.next()
+            targets = batch.images if with_images else batch.features
+            with autocast(target_device, config.amp):
+                output = model(batch.features, targets, progress=step / config.steps)
+            loss = output.losses["total"]
+            if not torch.isfinite(loss):
+                raise FeatcacheError(
+                    f"loss became {loss.item()} at step {step}; the last good checkpoint is {run_dir} at step {last_good_step}"
+                    " (lower learning_rate or check the store's features)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            usage += torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size)
+            window_samples += config.batch_size
+            if len(first_losses) < 10:
+                first_losses.append(float(loss.item()))
+            is_last = step + 1 == end_step
+            if (step + 1) % config.log_every == 0 or is_last or step == 0:  # step 1 shows the starting point
+                now = time.perf_counter()
+                statistics = usage_statistics_from_counts(usage)
+                last_row = {
+                    "step": step + 1,
+                    **{f"loss_{name}": value for name, value in output.weighted_loss_terms().items()},
+                    **statistics,
+                    "learning_rate": learning_rate,
+                    "gumbel_scale": output.quantizer.gumbel_scale,
+                    "alpha": output.quantizer.alpha,
+                    "samples_per_second": window_samples / (now - window_started),
+                }
+                log.append(last_row)
+                usage.zero_()
+                window_started, window_samples = now, 0
+                progress.update(task, rate=format_rate(last_row["samples_per_second"], 1.0, "samples"))
+            if (step + 1) % config.checkpoint_every == 0 or is_last:
+                checkpoint(step + 1)
+                last_good_step = step + 1
+            progress.update(task, advance=1)
+    seconds = time.perf_counter() - started
+    batches.close()
+    steps_run = end_step - start_step
+    if end_step == config.steps and with_images:
+        write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
+    return VQTrainResult(
+        run_dir=run_dir,
+        steps=steps_run,
+        seconds=seconds,
+        samples_per_second=steps_run * config.batch_size / seconds if seconds > 0 else 0.0,
+        data_wait_fraction=batches.wait_seconds / seconds if seconds > 0 else 0.0,
+        first_losses=first_losses,
+        last_row=last_row,
+    )
+
+
+@torch.no_grad()
+def write_reconstructions(model: VQModel, store: FeatureStore, feature_kind: str, path: Path, device: torch.device, count: int = 8) -> Path:
+    """A PNG grid: cached view images (top row), reconstructions through the codes alone (bottom row)."""
+    model.eval()
+    samples = store.valid_indices()[:count]
+    features = torch.from_numpy(store.features(samples, view=0, kind=feature_kind).astype(np.float32)).to(device)
+    indices, _ = model.tokenize(features)
+    reconstruction = model.decode_indices(indices)  # (B, 3, S, S) in [-1, 1]
+    pixels = ((reconstruction.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, S, S, 3)
+    originals = store.images(samples, view=0)
+    grid = np.concatenate([np.concatenate(list(originals), axis=1), np.concatenate(list(pixels), axis=1)], axis=0)
+    Image.fromarray(grid).save(path)
+    model.train()
+    return path
+
+
+def print_result(result: VQTrainResult) -> None:
+    error_console.print(
+        f"{result.run_dir}: {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_second:.1f} samples/s, "
+        f"{100 * result.data_wait_fraction:.1f}% waiting for data); last: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.last_row.items())
+    )
+
+
+__all__ = ["VQTrainConfig", "VQTrainResult", "build_vq_model", "load_vq_run", "train_vq", "write_reconstructions"]

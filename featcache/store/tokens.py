@@ -1,0 +1,93 @@
+"""Token sets inside a store: VQ token indices for every view, written by `featcache tokenize`.
+
+Layout of ``tokens/<name>/`` (a subgroup of the store; several token sets coexist for ablations):
+
+==================  ====================  ========  ==================================================
+name                shape                 dtype     meaning
+==================  ====================  ========  ==================================================
+indices             (N, V, h, w)          uint16    nearest code of every patch of every view
+squared_errors      (N, V, h, w)          float16   squared L2 distance between encoding and its code
+codebook            (K, D)                float32   the projected codebook the indices point into
+units_done          (U,)                  uint8     completion record, same units as the store
+==================  ====================  ========  ==================================================
+
+Chunks follow the store's write units, so tokenizing resumes unit by unit like extraction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from featcache.errors import StoreError
+from featcache.store import schema
+from featcache.store.schema import StoreLayout
+from featcache.store.writer import blosc_compressor
+
+TOKENS_GROUP = "tokens"
+TOKEN_ATTRIBUTES_KEY = "featcache_tokens"
+INDICES = "indices"
+SQUARED_ERRORS = "squared_errors"
+CODEBOOK = "codebook"
+#: uint16 indices address at most this many codes.
+MAX_CODEBOOK_SIZE = 65536
+
+
+def token_group_path(name: str) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise StoreError(f"token set name {name!r} is invalid; expected a plain name like 'vvo-c256'")
+    return f"{TOKENS_GROUP}/{name}"
+
+
+def token_names(group: zarr.Group) -> list[str]:
+    if TOKENS_GROUP not in group:
+        return []
+    return sorted(group[TOKENS_GROUP].group_keys())  # type: ignore[union-attr]
+
+
+def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.ndarray, attributes: dict[str, Any]) -> None:
+    """Create ``tokens/<name>`` with its codebook; fails if it exists (the caller decides about overwriting)."""
+    size, _ = codebook.shape
+    if size > MAX_CODEBOOK_SIZE:
+        raise StoreError(f"codebook of {size} codes does not fit uint16 token indices (at most {MAX_CODEBOOK_SIZE})")
+    root = zarr.open_group(str(store), mode="r+")
+    group = root.require_group(TOKENS_GROUP).create_group(name)
+    height, width = layout.grid
+    shape = (layout.num_samples, layout.num_views, height, width)
+    chunks = (layout.samples_per_chunk, 1, height, width)
+    compressor = blosc_compressor(1)
+    group.create_array(INDICES, shape=shape, chunks=chunks, dtype="uint16", compressors=[compressor], fill_value=0)
+    group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=[compressor], fill_value=0)
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0)
+    group.create_array(CODEBOOK, data=codebook.astype(np.float32))
+    group.attrs[TOKEN_ATTRIBUTES_KEY] = attributes
+
+
+def delete_token_set(store: Path, name: str) -> None:
+    root = zarr.open_group(str(store), mode="r+")
+    del root[token_group_path(name)]
+
+
+def write_token_unit(store: Path, name: str, start: int, indices: np.ndarray, squared_errors: np.ndarray, unit: int) -> None:
+    """Write one unit's indices (n, V, h, w) and errors, then mark the unit done."""
+    group = zarr.open_group(str(store), mode="r+")[token_group_path(name)]
+    region = slice(start, start + indices.shape[0])
+    group[INDICES][region] = indices.astype(np.uint16)
+    group[SQUARED_ERRORS][region] = squared_errors.astype(np.float16)
+    group[schema.UNITS_DONE][unit] = 1
+
+
+def pending_token_units(store: Path, name: str) -> list[int]:
+    group = zarr.open_group(str(store), mode="r")[token_group_path(name)]
+    done = group[schema.UNITS_DONE][:]
+    return [int(unit) for unit in np.flatnonzero(done == 0)]
+
+
+def finish_token_set(store: Path, name: str, completed: str) -> None:
+    group = zarr.open_group(str(store), mode="r+")[token_group_path(name)]
+    attributes = dict(group.attrs[TOKEN_ATTRIBUTES_KEY])
+    attributes["completed"] = completed
+    group.attrs[TOKEN_ATTRIBUTES_KEY] = attributes

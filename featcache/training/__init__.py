@@ -1,0 +1,1 @@
+"""Shared training machinery: cached-batch loader, checkpoints, metrics log."""

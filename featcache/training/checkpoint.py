@@ -1,0 +1,86 @@
+"""Run folders: safetensors weights + the resolved config + provenance, and the state to resume from.
+
+A run folder holds
+  config.yaml        the one resolved config of the run (the single source of truth for later stages)
+  run.json           provenance: the store's identity and weights, versions, step, checksums
+  model.safetensors  the model weights of the latest checkpoint
+  train_state.pt     optimizer, step and random-generator states, for --resume
+  metrics.jsonl/csv  the metrics log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from featcache.errors import FeatcacheError
+
+CONFIG_NAME = "config.yaml"
+RUN_NAME = "run.json"
+WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "train_state.pt"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written checkpoint."""
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def save_checkpoint(
+    run_dir: Path, model: torch.nn.Module, config: dict[str, Any], run_info: dict[str, Any], train_state: dict[str, Any]
+) -> None:
+    """Save weights, config, provenance and resumable state (each file replaced atomically)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    _atomic_write(run_dir / WEIGHTS_NAME, lambda path: save_file(weights, str(path)))
+    _atomic_write(run_dir / STATE_NAME, lambda path: torch.save(train_state, path))
+    _atomic_write(run_dir / CONFIG_NAME, lambda path: path.write_text(yaml.safe_dump(config, sort_keys=False)))
+    info = {**run_info, "weights_sha256": file_sha256(run_dir / WEIGHTS_NAME)}
+    _atomic_write(run_dir / RUN_NAME, lambda path: path.write_text(json.dumps(info, indent=2)))
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, run info) of a run folder, with one-line errors for missing pieces."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG_NAME, RUN_NAME, WEIGHTS_NAME):
+        if not (run_dir / name).is_file():
+            raise FeatcacheError(f"run folder {run_dir} has no {name}; expected a folder written by featcache training")
+    config = yaml.safe_load((run_dir / CONFIG_NAME).read_text())
+    info = json.loads((run_dir / RUN_NAME).read_text())
+    return config, info
+
+
+def load_weights(run_dir: Path, model: torch.nn.Module) -> str:
+    """Load the run's weights into ``model`` strictly; returns the weights file's sha256."""
+    path = Path(run_dir) / WEIGHTS_NAME
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FeatcacheError(
+            f"{path} does not fit the model of its config.yaml: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    return file_sha256(path)
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATE_NAME
+    if not path.is_file():
+        raise FeatcacheError(f"cannot resume: {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)

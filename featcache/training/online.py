@@ -1,0 +1,66 @@
+"""The online baseline: batches computed the way public OCL code does it, running the frozen VFM every step.
+
+It draws exactly the same (sample, view) sequence as :class:`CachedBatches` in memory mode for the same
+seed, then decodes those images from the original dataset, cuts the view, and runs the VFM. It is the
+reference for the cache's speed-up and correctness: for the same seed the first steps' losses of an online
+and a cached run match within float16 storage tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from featcache.datasets import open_dataset
+from featcache.encoders import create_encoder
+from featcache.errors import StoreError
+from featcache.extraction.config import ExtractConfig
+from featcache.extraction.units import FeatureComputer, prepare_sample
+from featcache.quantize.decoder import pixel_targets
+from featcache.store import FeatureStore
+from featcache.training.loader import Batch, CachedBatches
+from featcache.views import default_views
+
+
+def encoder_for_store(store: FeatureStore, device: torch.device) -> FeatureComputer:
+    """Rebuild the store's frozen VFM from its provenance; refuse weights that differ from the store's."""
+    config = ExtractConfig(**store.attributes["config"])
+    encoder = create_encoder(config.vfm, weights=config.weights, resolution=config.resolution or None, seed=config.weight_seed)
+    if encoder.weights.sha256 != store.attributes["weights"]["sha256"]:
+        raise StoreError(
+            f"the {config.vfm} weights loaded now (sha256 {encoder.weights.sha256[:12]}) are not those of store {store.path} "
+            f"({store.attributes['weights']['sha256'][:12]})"
+        )
+    return FeatureComputer(encoder, device, config.batch_size)
+
+
+class OnlineBatches(CachedBatches):
+    """Same sampling as CachedBatches (memory mode), but features computed from the images at every step."""
+
+    def __init__(self, store: FeatureStore, batch_size: int, device: torch.device, feature_kind: str | None = None,
+                 with_images: bool = False, seed: int = 0) -> None:
+        super().__init__(store, batch_size, device, feature_kind, with_images, seed, mode="online")
+        attributes = store.attributes
+        self.dataset = open_dataset(attributes["dataset"]["source"], attributes["dataset"]["split"])
+        self.extract_config = ExtractConfig(**attributes["config"])
+        self.views = default_views(self.extract_config.crops)
+        self.computer = encoder_for_store(store, device)
+        self.sample_ids = self.dataset.sample_ids
+
+    def _next(self) -> Batch:
+        samples, views = self.draw()
+        prepared = [
+            prepare_sample(
+                self.dataset, int(index), self.sample_ids[int(index)], self.views, self.extract_config,
+                self.computer.encoder.resolution, skip_bad=False, only_view=int(view),
+            )
+            for index, view in zip(samples, views)
+        ]
+        model_inputs = np.concatenate([p.model_inputs for p in prepared])  # type: ignore[misc]  (B, R, R, 3)
+        features = self.computer.compute(model_inputs)  # (B, h, w, C) float32, the stored kind
+        if self.feature_kind is not None:
+            features = self.store.derive(features, self.feature_kind)
+        images = None
+        if self.with_images:
+            images = pixel_targets(torch.from_numpy(np.concatenate([p.images for p in prepared])).to(self.device))  # type: ignore[misc]
+        return Batch(features=features, images=images, sample_indices=samples, view_indices=views)
