@@ -159,7 +159,8 @@ def analyze_codes_command(
     out: Optional[Path] = typer.Option(None, help="Folder for codes.json and PNG plots; default runs/analysis/<store>-<tokens>."),
 ) -> None:
     """Code usage, dead codes, perplexity, nearest-neighbour distances (faiss), quantization error, codes per image."""
-    from featcache.analysis.codes import analyze_codes, print_code_table
+    from featcache.analysis.codes import print_code_table
+    from featcache.analysis.separability import analyze_codes
 
     out_dir = out or Path("runs") / "analysis" / f"{store.stem}-{tokens}"
     statistics = analyze_codes(store, tokens, out_dir)
@@ -243,6 +244,27 @@ def bench_extract(
 
     result = run_extract_benchmark(work_dir, images=images, resolution=resolution, batch_size=batch_size, vfm=vfm)
     print_extract_benchmark(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@bench_app.command("vq")
+def bench_vq(
+    config: Path = typer.Option(Path("configs/vq/tiny.yaml"), help="VQ config used by both sides."),
+    images: int = typer.Option(64, help="Synthetic images extracted into the benchmark store."),
+    resolution: int = typer.Option(224, help="VFM input side."),
+    steps: int = typer.Option(10, help="Training steps per round and side."),
+    rounds: int = typer.Option(2, help="Alternating rounds; the best of each side counts."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    work_dir: Path = typer.Option(Path("cache/bench-vq"), help="Scratch folder (re-created)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """VQ pre-training samples/s from the cache vs online VFM features, same config, same run."""
+    from featcache.bench.vq import print_vq_benchmark, run_vq_benchmark
+
+    result = run_vq_benchmark(work_dir, config, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
+    print_vq_benchmark(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))

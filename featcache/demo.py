@@ -1,22 +1,43 @@
 """The embedded default pipeline that `featcache demo` runs on a fresh machine, without downloads.
 
 Synthetic scenes go through the real ingest path (the folder adapter), then extraction with explicitly
-random-initialised DINOv2 ViT-S/14 weights (no model hub is needed; the store records and warns about it).
-Later stages (VQ, OCL training, evaluation) append their steps here.
+random-initialised DINOv2 ViT-S/14 weights (no model hub is needed; the store records and warns about it),
+then a CPU-sized VQ pre-training from the cache, tokenizing, and the code and separability diagnostics.
+Later stages (OCL training, evaluation) append their steps here.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from featcache.analysis.codes import print_code_table
+from featcache.analysis.separability import analyze_codes, analyze_separability, print_separability_table
 from featcache.console import console, progress_bar
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.extraction import ExtractConfig, extract
 from featcache.inspect import print_store_summary, store_summary
+from featcache.quantize import DecoderConfig, QuantizerConfig
+from featcache.stages.tokenize import tokenize_store
+from featcache.stages.train_vq import VQTrainConfig, print_result, train_vq
+from featcache.training.checkpoint import CONFIG_NAME
+
+#: The demo's quantizer: the tiny preset's shape, small enough for a minute of CPU.
+DEMO_VQ = VQTrainConfig(
+    quantizer=QuantizerConfig(codebook_size=64, code_dim=32, template_dim=32, encoder_layers=1, encoder_channels=64),
+    decoder=DecoderConfig(target="pixels", channels=16, image_size=128),
+    steps=150,
+    batch_size=16,
+    log_every=25,
+    checkpoint_every=50,
+)
 
 
-def run_demo(out: Path, images: int = 64, resolution: int = 112, seed: int = 0) -> Path:
-    """Run synth -> extract -> info under ``out``; returns the store path. Re-running resumes/reuses."""
+def run_demo(out: Path, images: int = 64, resolution: int = 112, seed: int = 0, vq_steps: int = DEMO_VQ.steps) -> Path:
+    """Run synth -> extract -> info -> train-vq -> tokenize -> analyze under ``out``; returns the store path.
+
+    Re-running continues: finished steps are reused (extraction and tokenizing resume, training resumes).
+    """
     out = Path(out)
     data = out / "shapes"
     if not (data / "images").is_dir():
@@ -28,4 +49,12 @@ def run_demo(out: Path, images: int = 64, resolution: int = 112, seed: int = 0) 
     summary = extract(open_dataset(str(data)), store, config)
     console.print(f"extracted {summary.samples_run} images at {summary.samples_per_second:.1f} images/s into {store}")
     print_store_summary(store_summary(store))
+
+    vq_run = out / "vq-tiny"
+    vq_config = replace(DEMO_VQ, steps=vq_steps)
+    resume = (vq_run / CONFIG_NAME).exists()
+    print_result(train_vq(store, vq_config, vq_run, resume=resume))
+    tokenize_store(store, vq_run, "demo-vq", overwrite=True)
+    print_code_table(analyze_codes(store, "demo-vq", out / "analysis-codes"))
+    print_separability_table(analyze_separability([store], token_name="demo-vq"))
     return store

@@ -23,6 +23,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     return code, captured.out, captured.err
 
 
+@pytest.mark.filterwarnings("always::featcache.console.RandomWeightsWarning")
 def test_extract_then_info(tmp_path: Path, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "cli.zarr"
     code, out, err = run_cli(
@@ -38,7 +39,7 @@ def test_extract_then_info(tmp_path: Path, shapes_dir: Path, monkeypatch: pytest
         "units_done": 2, "units_total": 2, "samples_written": 12, "samples_bad": 0, "samples_total": 12, "complete": True
     }
     assert summary["random_weights"] is True and summary["bytes_on_disk"]["total"] > summary["bytes_on_disk"]["features"] > 0
-    assert "RANDOMLY INITIALISED" in err  # every read of the store warns
+    assert "RANDOMLY INITIALISED" in err  # every command reading the store warns
     code, out, err = run_cli(monkeypatch, capsys, "info", str(store))
     assert code == 0 and "2/2 units" in out and "RANDOM" in out
 
@@ -73,7 +74,7 @@ def test_encoders_lists_the_registry(monkeypatch: pytest.MonkeyPatch, capsys: py
 
 
 def test_demo_runs_the_embedded_pipeline(tmp_path: Path) -> None:
-    store = run_demo(tmp_path / "demo", images=6, resolution=28)
+    store = run_demo(tmp_path / "demo", images=6, resolution=28, vq_steps=20)
     from featcache.store import FeatureStore
 
     assert FeatureStore(store, warn_random=False).completeness().complete

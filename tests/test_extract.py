@@ -119,9 +119,19 @@ def test_final_norm_is_derived_from_the_stored_block_output(reference_store: Pat
         store.features([0], kind="fpn_neck")
 
 
-def test_random_weights_warn_on_every_read(reference_store: Path) -> None:
+def test_random_weights_warn_once_per_command(reference_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featcache.store import reader
+
+    monkeypatch.setattr(reader, "_WARNED_RANDOM", set())  # a fresh process, as every command is
     with pytest.warns(RandomWeightsWarning, match="RANDOMLY INITIALISED dino2-s14"):
         FeatureStore(reference_store)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        FeatureStore(reference_store)  # the same command reading again: already warned
+    assert not [w for w in caught if issubclass(w.category, RandomWeightsWarning)]
+    monkeypatch.setattr(reader, "_WARNED_RANDOM", set())  # the next command warns again
     with pytest.warns(RandomWeightsWarning):
         FeatureStore(reference_store)
 

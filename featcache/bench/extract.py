@@ -29,7 +29,7 @@ from featcache.store.writer import blosc_compressor
 from featcache.views import default_views
 
 
-def _machine() -> str:
+def machine_description() -> str:
     import os
     import platform
 
@@ -130,7 +130,7 @@ def run_extract_benchmark(
     read_ram = _random_batch_throughput(lambda idx: in_ram[np.sort(idx)], len(store), 64, read_batches)
     chunking = _chunking_sweep(work_dir, in_ram, read_samples, read_batches)
     return {
-        "machine": _machine(),
+        "machine": machine_description(),
         "vfm": vfm,
         "resolution": resolution,
         "images": images,

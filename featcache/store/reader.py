@@ -32,6 +32,9 @@ from featcache.store.writer import directory_bytes
 
 ViewSelection = int | str | Sequence[int] | None
 
+#: Stores already warned about in this process: each command warns once per random-weights store it reads.
+_WARNED_RANDOM: set[Path] = set()
+
 
 @dataclass(frozen=True)
 class Completeness:
@@ -69,15 +72,17 @@ def read_attributes(path: Path) -> dict[str, Any]:
 class FeatureStore:
     """Read-only view of a feature store.
 
-    ``warn_random`` (default True) emits a RandomWeightsWarning when the features come from random weights,
-    so no command silently reports results of an untrained encoder.
+    ``warn_random`` (default True) emits a RandomWeightsWarning when the features come from random weights
+    (once per store and process, i.e. once per command), so no command silently reports results of an
+    untrained encoder.
     """
 
     def __init__(self, path: str | Path, warn_random: bool = True) -> None:
         self.path = Path(path)
         self.attributes = read_attributes(self.path)
         self.group = zarr.open_group(str(self.path), mode="r")
-        if warn_random and self.weights_are_random:
+        if warn_random and self.weights_are_random and self.path.resolve() not in _WARNED_RANDOM:
+            _WARNED_RANDOM.add(self.path.resolve())
             weights = self.attributes["weights"]
             warnings.warn(
                 f"store {self.path} holds features of RANDOMLY INITIALISED {self.attributes['encoder']['name']} weights "

@@ -1,0 +1,78 @@
+"""VQ pre-training from the cache vs the online baseline (VFM run on the images every step), in one run.
+
+Both sides use the same store, config, seed and (sample, view) sequence; rounds alternate between the
+two and the best round of each counts, so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from featcache.bench.extract import machine_description
+from featcache.config import load_config
+from featcache.console import console
+from featcache.datasets import open_dataset, write_synthetic
+from featcache.extraction import ExtractConfig, extract
+from featcache.stages.train_vq import VQTrainConfig, train_vq
+
+
+def run_vq_benchmark(
+    work_dir: Path,
+    config_path: Path,
+    images: int = 64,
+    resolution: int = 224,
+    steps: int = 10,
+    rounds: int = 2,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    work_dir = Path(work_dir)
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    data = write_synthetic(work_dir / "shapes", images=images, seed=0)
+    store = work_dir / "store.zarr"
+    extract(
+        open_dataset(str(data)),
+        store,
+        ExtractConfig(vfm="dino2-s14", weights="random", resolution=resolution, samples_per_chunk=16, batch_size=16),
+        device=device,
+        show_progress=False,
+    )
+    config = replace(load_config(VQTrainConfig, config_path), steps=steps, log_every=steps, checkpoint_every=steps, loader="memory")
+    cached_rates, online_rates, wait_fractions = [], [], []
+    for round_index in range(rounds):
+        for online in (False, True):
+            run = work_dir / f"run-{'online' if online else 'cached'}-{round_index}"
+            result = train_vq(store, config, run, device=device, online=online, show_progress=False)
+            (online_rates if online else cached_rates).append(result.samples_per_second)
+            if not online:
+                wait_fractions.append(result.data_wait_fraction)
+    cached, online_rate = max(cached_rates), max(online_rates)
+    return {
+        "machine": machine_description(),
+        "config": str(config_path),
+        "vfm": "dino2-s14 (random weights)",
+        "resolution": resolution,
+        "batch_size": config.batch_size,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "cached_samples_per_second": cached,
+        "online_samples_per_second": online_rate,
+        "cached_over_online": cached / online_rate,
+        "cached_data_wait_fraction": min(wait_fractions),
+    }
+
+
+def print_vq_benchmark(result: dict[str, Any]) -> None:
+    table = Table(title=f"VQ pre-training, cache vs online ({result['config']}, {result['vfm']} at {result['resolution']} px; {result['machine']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("from the cache (samples/s)", f"{result['cached_samples_per_second']:.2f}")
+    table.add_row("online: VFM on the images every step (samples/s)", f"{result['online_samples_per_second']:.2f}")
+    table.add_row("[bold]cache / online[/]", f"[bold]{result['cached_over_online']:.2f}x[/]")
+    table.add_row("share of cached step time waiting for data", f"{100 * result['cached_data_wait_fraction']:.2f}%")
+    console.print(table)
