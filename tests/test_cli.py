@@ -78,3 +78,36 @@ def test_demo_runs_the_embedded_pipeline(tmp_path: Path) -> None:
     from featcache.store import FeatureStore
 
     assert FeatureStore(store, warn_random=False).completeness().complete
+
+
+def test_vq_commands_from_the_cli(tmp_path: Path, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.zarr"
+    assert run_cli(
+        monkeypatch, capsys, "extract", "--data", str(shapes_dir), "--out", str(store), "--weights", "random",
+        "--resolution", "56", "--samples-per-chunk", "6", "--mask-size", "32", "--set", "image_size=32", "--device", "cpu",
+    )[0] == 0
+    config = Path(__file__).parent.parent / "configs" / "vq" / "tiny.yaml"
+    run = tmp_path / "vq"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train-vq", "--store", str(store), "--config", str(config), "--out", str(run), "--device", "cpu",
+        "--set", "steps=12", "--set", "decoder.image_size=32", "--set", "quantizer.codebok_size=8",
+    )
+    assert code == 2 and "unknown config key 'quantizer.codebok_size'" in err
+    code, _, err = run_cli(
+        monkeypatch, capsys, "train-vq", "--store", str(store), "--config", str(config), "--out", str(run), "--device", "cpu",
+        "--set", "steps=12", "--set", "decoder.image_size=32", "--set", "log_every=4",
+    )
+    assert code == 0, err
+    assert (run / "reconstructions.png").is_file() and (run / "metrics.csv").is_file()
+    code, out, err = run_cli(monkeypatch, capsys, "tokenize", "--store", str(store), "--vq", str(run), "--name", "t", "--device", "cpu")
+    assert code == 0 and "token set 't'" in out, err
+    code, _, err = run_cli(monkeypatch, capsys, "tokenize", "--store", str(store), "--vq", str(run), "--name", "t")
+    assert code == 2 and "--overwrite" in err
+    code, out, _ = run_cli(monkeypatch, capsys, "analyze", "codes", "--store", str(store), "--tokens", "t", "--out", str(tmp_path / "codes"))
+    assert code == 0 and "used codes" in out and (tmp_path / "codes" / "code_statistics.json").is_file()
+    csv_path = tmp_path / "sep.csv"
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "analyze", "separability", "--store", str(store), "--tokens", "t", "--csv", str(csv_path)
+    )
+    assert code == 0 and "kMeans" in out
+    assert len(csv_path.read_text().strip().splitlines()) == 4  # header + last_block, final_norm, tokens
