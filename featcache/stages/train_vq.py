@@ -7,7 +7,6 @@ log with code usage, and a PNG of image reconstructions at the end.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,16 +16,16 @@ import torch
 from PIL import Image
 
 from featcache.config import from_dict, to_dict
-from featcache.console import error_console, format_rate, progress_bar
+from featcache.console import error_console
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction.run import library_versions
-from featcache.quantize import DecoderConfig, QuantizerConfig, VQModel, usage_statistics_from_counts, warmup_cosine_lr
-from featcache.runtime import autocast, resolve_device, seed_everything
+from featcache.quantize import DecoderConfig, QuantizerConfig, VQModel, usage_statistics_from_counts
+from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.store.writer import utc_now
-from featcache.training.checkpoint import CONFIG_NAME, load_train_state, load_weights, read_run, save_checkpoint
-from featcache.training.loader import CachedBatches
-from featcache.training.metrics_log import MetricsLog
+from featcache.training.checkpoint import CONFIG_NAME, load_weights, read_run
+from featcache.training.loader import Batch, CachedBatches
+from featcache.training.loop import LoopSettings, restore, train_loop
 from featcache.training.online import OnlineBatches
 
 
@@ -152,16 +151,24 @@ def train_vq(
     loader_class = OnlineBatches if online else CachedBatches
     loader_kwargs: dict[str, Any] = {} if online else {"mode": config.loader}
     batches = loader_class(store, config.batch_size, target_device, feature_kind, with_images, seed=config.seed, **loader_kwargs)
-    start_step = 0
-    if resume:
-        state = load_train_state(run_dir)
-        load_weights(run_dir, model)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        batches.load_state_dict(state["loader"])
-        start_step = state["step"]
+    start_step = restore(run_dir, model, optimizer, batches) if resume else 0
+    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+    usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
+    schedule: dict[str, float] = {}
+
+    def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        targets = batch.images if with_images else batch.features
+        output = model(batch.features, targets, progress=step / config.steps)
+        usage.add_(torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size))
+        schedule.update(gumbel_scale=output.quantizer.gumbel_scale, alpha=output.quantizer.alpha)
+        return output.losses["total"], output.losses
+
+    def window_metrics() -> dict[str, Any]:
+        """Code usage since the last log row (then reset) and the schedules' current values."""
+        statistics = usage_statistics_from_counts(usage)
+        usage.zero_()
+        return {**statistics, **schedule}
+
     run_info = {
         "stage": "vq",
         "created": utc_now(),
@@ -170,85 +177,38 @@ def train_vq(
         "device": str(target_device),
         "versions": library_versions(),
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(run_dir, resume_from_step=start_step if resume else None)
-    usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
-    first_losses: list[float] = []
-    last_row: dict[str, Any] = {}
-    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
-    last_good_step = start_step
-
-    def checkpoint(step: int) -> None:
-        train_state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "loader": batches.state_dict(),
-        }
-        save_checkpoint(run_dir, model, to_dict(config), {**run_info, "step": step}, train_state)
-
-    model.train()
-    started = time.perf_counter()
-    window_started, window_samples = started, 0
-    with progress_bar("samples", disable=not show_progress) as progress:
-        task = progress.add_task("train-vq" + (" (online)" if online else ""), total=end_step - start_step, rate="")
-        for step in range(start_step, end_step):
-            learning_rate = warmup_cosine_lr(step, config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate
-            batch = batches.next()
-            targets = batch.images if with_images else batch.features
-            with autocast(target_device, config.amp):
-                output = model(batch.features, targets, progress=step / config.steps)
-            loss = output.losses["total"]
-            if not torch.isfinite(loss):
-                raise FeatcacheError(
-                    f"loss became {loss.item()} at step {step}; the last good checkpoint is {run_dir} at step {last_good_step}"
-                    " (lower learning_rate or check the store's features)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            usage += torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size)
-            window_samples += config.batch_size
-            if len(first_losses) < 10:
-                first_losses.append(float(loss.item()))
-            is_last = step + 1 == end_step
-            if (step + 1) % config.log_every == 0 or is_last or step == 0:  # step 1 shows the starting point
-                now = time.perf_counter()
-                statistics = usage_statistics_from_counts(usage)
-                last_row = {
-                    "step": step + 1,
-                    **{f"loss_{name}": value for name, value in output.weighted_loss_terms().items()},
-                    **statistics,
-                    "learning_rate": learning_rate,
-                    "gumbel_scale": output.quantizer.gumbel_scale,
-                    "alpha": output.quantizer.alpha,
-                    "samples_per_second": window_samples / (now - window_started),
-                }
-                log.append(last_row)
-                usage.zero_()
-                window_started, window_samples = now, 0
-                progress.update(task, rate=format_rate(last_row["samples_per_second"], 1.0, "samples"))
-            if (step + 1) % config.checkpoint_every == 0 or is_last:
-                checkpoint(step + 1)
-                last_good_step = step + 1
-            progress.update(task, advance=1)
-    seconds = time.perf_counter() - started
-    batches.close()
-    steps_run = end_step - start_step
+    try:
+        loop = train_loop(
+            model=model,
+            optimizer=optimizer,
+            batches=batches,
+            settings=LoopSettings(
+                config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio,
+                config.grad_clip, config.amp, config.log_every, config.checkpoint_every,
+            ),
+            device=target_device,
+            run_dir=run_dir,
+            config=to_dict(config),
+            run_info=run_info,
+            step_loss=step_loss,
+            start_step=start_step,
+            end_step=end_step,
+            description="train-vq" + (" (online)" if online else ""),
+            window_metrics=window_metrics,
+            show_progress=show_progress,
+        )
+    finally:
+        batches.close()
     if end_step == config.steps and with_images:
         write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
     return VQTrainResult(
         run_dir=run_dir,
-        steps=steps_run,
-        seconds=seconds,
-        samples_per_second=steps_run * config.batch_size / seconds if seconds > 0 else 0.0,
-        data_wait_fraction=batches.wait_seconds / seconds if seconds > 0 else 0.0,
-        first_losses=first_losses,
-        last_row=last_row,
+        steps=loop.steps,
+        seconds=loop.seconds,
+        samples_per_second=loop.steps * config.batch_size / loop.seconds if loop.seconds > 0 else 0.0,
+        data_wait_fraction=loop.wait_seconds / loop.seconds if loop.seconds > 0 else 0.0,
+        first_losses=loop.first_losses,
+        last_row=loop.last_row,
     )
 
 

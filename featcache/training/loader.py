@@ -33,6 +33,7 @@ class Batch:
 
     features: torch.Tensor  # (B, h, w, C) float32, the requested feature kind
     images: torch.Tensor | None  # (B, 3, I, I) float32 in [-1, 1]
+    tokens: torch.Tensor | None  # (B, h, w) int64 token indices of the requested token set
     sample_indices: np.ndarray  # (B,) store sample indices
     view_indices: np.ndarray  # (B,) view of each sample
 
@@ -56,8 +57,14 @@ class CachedBatches:
         seed: int = 0,
         mode: Literal["auto", "memory", "stream", "online"] = "auto",
         buffer_units: int = 8,
+        token_name: str | None = None,
     ) -> None:
         store.require_complete()
+        if token_name:
+            done, total = store.token_completeness(token_name)
+            if done != total:
+                raise StoreError(f"token set {token_name!r} of {store.path} is incomplete ({done}/{total} units); re-run `featcache tokenize`")
+        self.token_name = token_name or None
         if with_images and not store.has_images:
             raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (target: pixels)")
         self.store = store
@@ -91,6 +98,8 @@ class CachedBatches:
         per_sample = layout.num_views * height * width * layout.channels * 2
         if self.with_images:
             per_sample += layout.num_views * layout.image_size**2 * 3
+        if self.token_name:
+            per_sample += layout.num_views * height * width * 2
         return per_sample * layout.num_samples
 
     def _choose_mode(self, mode: str) -> str:
@@ -107,11 +116,14 @@ class CachedBatches:
     def _load_into_memory(self) -> None:
         features = torch.from_numpy(self.store.load_features())  # (N, V, h, w, C) float16
         images = torch.from_numpy(self.store.images(slice(0, len(self.store)), view=None)) if self.with_images else None
+        tokens = torch.from_numpy(self.store.tokens(self.token_name, slice(0, len(self.store)), view=None).astype("int64")) if self.token_name else None
         if self.device.type == "cuda":
             features = features.to(self.device)
             images = images.to(self.device) if images is not None else None
+            tokens = tokens.to(self.device) if tokens is not None else None
         self._features = features
         self._images = images
+        self._tokens = tokens
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         """The next (sample indices, view indices): epochs of shuffled valid samples, a random view each."""
@@ -127,11 +139,12 @@ class CachedBatches:
         view_index = torch.from_numpy(views).to(self._features.device)
         features = self._features[sample_index, view_index]  # (B, h, w, C) float16
         images = self._images[sample_index, view_index] if self._images is not None else None
-        return self.finish(features, images, samples, views)
+        tokens = self._tokens[sample_index, view_index] if self._tokens is not None else None
+        return self.finish(features, images, samples, views, tokens)
 
     # --------------------------------------------------------------- stream mode
     def _start_streaming(self, buffer_units: int) -> None:
-        self._buffer: deque[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = deque()
+        self._buffer: deque[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = deque()
         self._buffer_units = max(1, buffer_units)
         self._lock = threading.Condition()
         self._draws_since_refill = 0
@@ -140,12 +153,13 @@ class CachedBatches:
         self._thread = threading.Thread(target=self._prefetch, name="stream-loader", daemon=True)
         self._thread.start()
 
-    def _read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _read_unit(self, unit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         start, stop = self.store.layout.unit_range(unit)
         valid = self.valid[(self.valid >= start) & (self.valid < stop)]
         features = self.store.features(slice(start, stop), view=None)[valid - start]  # (n, V, h, w, C)
         images = self.store.images(slice(start, stop), view=None)[valid - start] if self.with_images else None
-        return valid, features, images
+        tokens = self.store.tokens(self.token_name, slice(start, stop), view=None)[valid - start] if self.token_name else None
+        return valid, features, images, tokens
 
     def _prefetch(self) -> None:
         """Keep the buffer full with whole units drawn in shuffled order."""
@@ -183,8 +197,15 @@ class CachedBatches:
         views = self.rng.integers(0, self.num_views, size=self.batch_size)
         features = np.stack([blocks[b][1][r, v] for b, r, v in zip(block_of, row_of, views)])
         images = np.stack([blocks[b][2][r, v] for b, r, v in zip(block_of, row_of, views)]) if self.with_images else None  # type: ignore[index]
+        tokens = np.stack([blocks[b][3][r, v] for b, r, v in zip(block_of, row_of, views)]).astype(np.int64) if self.token_name else None  # type: ignore[index]
         samples = np.array([blocks[b][0][r] for b, r in zip(block_of, row_of)])
-        return self.finish(self._to_device(features), self._to_device(images) if images is not None else None, samples, views)
+        return self.finish(
+            self._to_device(features),
+            self._to_device(images) if images is not None else None,
+            samples,
+            views,
+            self._to_device(tokens) if tokens is not None else None,
+        )
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -193,12 +214,15 @@ class CachedBatches:
         return tensor
 
     # --------------------------------------------------------------- shared
-    def finish(self, features: torch.Tensor, images: torch.Tensor | None, samples: np.ndarray, views: np.ndarray) -> Batch:
+    def finish(
+        self, features: torch.Tensor, images: torch.Tensor | None, samples: np.ndarray, views: np.ndarray, tokens: torch.Tensor | None = None
+    ) -> Batch:
         features = features.to(self.device, non_blocking=True).float()
         if self.feature_kind is not None:
             features = self.store.derive(features, self.feature_kind)
         pixels = pixel_targets(images.to(self.device, non_blocking=True)) if images is not None else None
-        return Batch(features=features, images=pixels, sample_indices=samples, view_indices=views)
+        tokens = tokens.to(self.device, non_blocking=True).long() if tokens is not None else None
+        return Batch(features=features, images=pixels, tokens=tokens, sample_indices=samples, view_indices=views)
 
     def _next(self) -> Batch:
         return self._next_memory() if self.mode == "memory" else self._next_stream()

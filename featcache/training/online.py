@@ -8,6 +8,8 @@ and a cached run match within float16 storage tolerance.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -38,14 +40,28 @@ class OnlineBatches(CachedBatches):
     """Same sampling as CachedBatches (memory mode), but features computed from the images at every step."""
 
     def __init__(self, store: FeatureStore, batch_size: int, device: torch.device, feature_kind: str | None = None,
-                 with_images: bool = False, seed: int = 0) -> None:
-        super().__init__(store, batch_size, device, feature_kind, with_images, seed, mode="online")
+                 with_images: bool = False, seed: int = 0, token_name: str | None = None) -> None:
+        super().__init__(store, batch_size, device, feature_kind, with_images, seed, mode="online", token_name=token_name)
+        self.quantizer = self._token_model(device) if token_name else None
         attributes = store.attributes
         self.dataset = open_dataset(attributes["dataset"]["source"], attributes["dataset"]["split"])
         self.extract_config = ExtractConfig(**attributes["config"])
         self.views = default_views(self.extract_config.crops)
         self.computer = encoder_for_store(store, device)
         self.sample_ids = self.dataset.sample_ids
+        token_kind = store.token_attributes(token_name)["feature_kind"] if token_name else None
+        #: Feature kind the quantizer was trained on (None = the stored kind).
+        self.token_feature_kind = None if token_kind in (None, store.stored_kind) else token_kind
+
+    def _token_model(self, device: torch.device) -> torch.nn.Module:
+        """The frozen VQ model that made the store's token set, re-run online like public code does."""
+        from featcache.stages.train_vq import load_vq_run
+
+        attributes = self.store.token_attributes(self.token_name)  # type: ignore[arg-type]
+        model, _, _, sha256 = load_vq_run(Path(attributes["vq"]["run"]), device)
+        if sha256 != attributes["vq"]["weights_sha256"]:
+            raise StoreError(f"VQ run {attributes['vq']['run']} changed since token set {self.token_name!r} was written")
+        return model
 
     def _next(self) -> Batch:
         samples, views = self.draw()
@@ -57,10 +73,13 @@ class OnlineBatches(CachedBatches):
             for index, view in zip(samples, views)
         ]
         model_inputs = np.concatenate([p.model_inputs for p in prepared])  # type: ignore[misc]  (B, R, R, 3)
-        features = self.computer.compute(model_inputs)  # (B, h, w, C) float32, the stored kind
-        if self.feature_kind is not None:
-            features = self.store.derive(features, self.feature_kind)
+        stored = self.computer.compute(model_inputs)  # (B, h, w, C) float32, the stored kind
+        features = stored if self.feature_kind is None else self.store.derive(stored, self.feature_kind)
         images = None
         if self.with_images:
             images = pixel_targets(torch.from_numpy(np.concatenate([p.images for p in prepared])).to(self.device))  # type: ignore[misc]
-        return Batch(features=features, images=images, sample_indices=samples, view_indices=views)
+        tokens = None
+        if self.quantizer is not None:
+            token_features = features if self.token_feature_kind is None else self.store.derive(stored, self.token_feature_kind)
+            tokens, _ = self.quantizer.tokenize(token_features)
+        return Batch(features=features, images=images, tokens=tokens, sample_indices=samples, view_indices=views)
