@@ -195,6 +195,48 @@ def analyze_separability_command(
         write_separability_csv(rows, csv_out)
 
 
+@app.command("train-ocl")
+def train_ocl_command(
+    store: Path = typer.Option(..., help="A complete feature store (with the token set the config names, if any)."),
+    out: Path = typer.Option(..., help="Run folder (weights, config.yaml, run.json, metrics)."),
+    config: list[Path] = typer.Option([], help="YAML config(s) (configs/ocl/), layered in order, e.g. a method then tiny.yaml."),
+    set_: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. model.aggregator.num_slots=5."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features (and tokens) from the images every step."),
+    val_store: Optional[Path] = typer.Option(None, help="Store for periodic validation (default: the training store's first images)."),
+) -> None:
+    """Train an OCL model (aggregator + decoder only) straight from cached features and tokens."""
+    from featcache.config import load_config
+    from featcache.stages.train_ocl import OCLTrainConfig, train_ocl
+    from featcache.stages.train_vq import print_result, read_run_config
+
+    if resume and not config:
+        train_config = read_run_config(out, OCLTrainConfig, list(set_))
+    else:
+        train_config = load_config(OCLTrainConfig, list(config), list(set_))
+    result = train_ocl(store, train_config, out, device=device, resume=resume, online=online, validation_store=val_store)
+    print_result(result)
+
+
+@app.command("eval")
+def eval_command(
+    run: Path = typer.Argument(..., help="A train-ocl run folder."),
+    store: Optional[Path] = typer.Option(None, help="Store to evaluate on (default: the run's training store)."),
+    protocol: str = typer.Option("vvo", help="vvo (background counted in mBO/mIoU) | dinosaur (ignored)."),
+    view: str = typer.Option("center", help="View of the store to score."),
+    limit: Optional[int] = typer.Option(None, help="Score at most this many images."),
+    baseline: bool = typer.Option(False, "--baseline", help="Also score per-image kMeans on the same features."),
+    out: Optional[Path] = typer.Option(None, help="Output folder for eval.json and masks.png."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """ARI, FG-ARI, mBO, mIoU (Hungarian) with the protocol recorded; rich table, JSON and a PNG grid."""
+    from featcache.stages.train_ocl import evaluate_run, print_evaluation
+
+    result = evaluate_run(run, store, protocol_name=protocol, view=view, limit=limit, baseline=baseline, out=out, device=device)
+    print_evaluation(result)
+
+
 @app.command()
 def info(
     store: Path = typer.Argument(..., help="A featcache store."),

@@ -124,23 +124,29 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Build ``cls()`` defaults, merge the YAML file at ``path`` (if any), then the ``key=value`` overrides."""
+def load_config(
+    cls: type[C], path: str | Path | list[str | Path] | list[Path] | None = None, overrides: list[str] | None = None
+) -> C:
+    """Build ``cls()`` defaults, merge the YAML file(s) at ``path`` in order, then the ``key=value`` overrides.
+
+    Several files layer: a method config first, then e.g. a size preset (``configs/ocl/tiny.yaml``).
+    """
     config = cls()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+    paths = [] if path is None else list(path) if isinstance(path, list) else [path]
+    for entry in paths:
+        file = Path(entry)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+            raise ConfigError(f"config file {file} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
         try:
             config = merge(config, data)
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+            raise ConfigError(f"{file}: {error}") from None
     if overrides:
         config = merge(config, parse_overrides(overrides))
     return config

@@ -228,7 +228,8 @@ def write_reconstructions(model: VQModel, store: FeatureStore, feature_kind: str
     return path
 
 
-def print_result(result: VQTrainResult) -> None:
+def print_result(result: Any) -> None:
+    """One line summarising a training run (VQ or OCL result)."""
     error_console.print(
         f"{result.run_dir}: {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_second:.1f} samples/s, "
         f"{100 * result.data_wait_fraction:.1f}% waiting for data); last: "

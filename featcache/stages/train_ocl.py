@@ -1,0 +1,295 @@
+"""`featcache train-ocl` and `featcache eval`: object-centric training from cached features and tokens.
+
+Only the projection, the aggregator (Slot Attention / BO-QSA) and the decoder train; VFM features and
+VQ tokens come from the store (or, with ``--online``, are recomputed from the images every step as public
+code does). One config object (``OCLTrainConfig``) is saved with every checkpoint and is what ``eval``
+rebuilds the model from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from featcache.config import from_dict, to_dict
+from featcache.console import error_console
+from featcache.errors import ConfigError, FeatcacheError, StoreError
+from featcache.extraction.run import library_versions
+from featcache.ocl import OCLModel, OCLModelConfig
+from featcache.runtime import resolve_device, seed_everything
+from featcache.stages.evaluate import (
+    MaskMetrics,
+    Protocol,
+    evaluate_masks,
+    get_protocol,
+    print_metrics_table,
+    score_masks,
+    write_mask_grid,
+)
+from featcache.stages.train_vq import resolve_feature_kind, store_summary_for_run
+from featcache.store import FeatureStore
+from featcache.store.writer import utc_now
+from featcache.training.checkpoint import CONFIG_NAME, load_weights, read_run
+from featcache.training.loader import Batch, CachedBatches
+from featcache.training.loop import LoopSettings, restore, train_loop
+from featcache.training.online import OnlineBatches
+
+
+@dataclass(frozen=True)
+class OCLTrainConfig:
+    """Everything an OCL run depends on (saved as config.yaml; ``eval`` rebuilds the model from it)."""
+
+    model: OCLModelConfig = field(default_factory=OCLModelConfig)
+    #: Token set of the store (written by `featcache tokenize`) for token / code targets; "" = none.
+    tokens: str = ""
+    #: ``auto`` = final_norm when derivable (VVO's input), else the stored kind; ``last_block`` for DINOSAUR.
+    feature_kind: str = "auto"
+    steps: int = 50000
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    warmup_fraction: float = 0.05
+    final_lr_ratio: float = 1e-3
+    grad_clip: float = 1.0
+    seed: int = 0
+    amp: bool = True
+    log_every: int = 50
+    #: Steps between validations (loss-free mask metrics on the validation store or held-in samples).
+    validate_every: int = 1000
+    #: Images of the centre view scored at each validation.
+    validation_images: int = 64
+    checkpoint_every: int = 1000
+    loader: Literal["auto", "memory", "stream"] = "auto"
+
+
+@dataclass
+class OCLTrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    samples_per_second: float
+    data_wait_fraction: float
+    first_losses: list[float]
+    last_row: dict[str, Any]
+
+
+def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | None:
+    if not config.tokens:
+        if config.model.decoder.target != "features":
+            raise ConfigError(
+                f"decoder {config.model.decoder.name} with target {config.model.decoder.target!r} needs a token set: "
+                f"set tokens=NAME (token sets of {store.path}: {', '.join(store.token_names()) or 'none'})"
+            )
+        return None
+    return torch.from_numpy(store.codebook(config.tokens))
+
+
+def build_ocl_model(config: OCLTrainConfig, store: FeatureStore) -> OCLModel:
+    return OCLModel(config.model, store.layout.channels, store.layout.grid, _codebook(store, config))
+
+
+def _check_resume_config(run_dir: Path, config: OCLTrainConfig) -> None:
+    saved, _ = read_run(run_dir)
+    new = to_dict(config)
+    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in new.items() if saved.get(key) != value]
+    if differences:
+        raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
+
+
+def _predictor(model: OCLModel) -> Any:
+    """features, tokens -> (B, S, h, w) masks of the configured mask source, in eval mode."""
+
+    def predict(features: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        return model(features, tokens).masks
+
+    return predict
+
+
+def train_ocl(
+    store_path: str | Path,
+    config: OCLTrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    online: bool = False,
+    validation_store: str | Path | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> OCLTrainResult:
+    """Train an OCL model on ``store_path``; ``stop_after`` ends early (tests, benchmarks)."""
+    run_dir = Path(out)
+    if resume:
+        _check_resume_config(run_dir, config)
+    elif (run_dir / CONFIG_NAME).exists():
+        raise FeatcacheError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    target_device = resolve_device(device)
+    store = FeatureStore(store_path)
+    store.require_complete()
+    feature_kind = resolve_feature_kind(store, config.feature_kind)
+    seed_everything(config.seed)
+    model = build_ocl_model(config, store).to(target_device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None}
+    if online:
+        batches: CachedBatches = OnlineBatches(store, config.batch_size, target_device, feature_kind, False, seed=config.seed, **loader_kwargs)
+    else:
+        batches = CachedBatches(store, config.batch_size, target_device, feature_kind, False, seed=config.seed, mode=config.loader, **loader_kwargs)
+    start_step = restore(run_dir, model, optimizer, batches) if resume else 0
+    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+
+    def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        output = model(batch.features, batch.tokens)
+        return output.loss, {**output.losses, "total": output.loss}
+
+    validation = FeatureStore(validation_store) if validation_store else store
+    validation_indices = validation.valid_indices()[: config.validation_images]
+
+    def validate() -> dict[str, Any]:
+        """VVO-protocol mask metrics of the centre view (on the training store unless a validation store is given)."""
+        metrics, _ = evaluate_masks(
+            _predictor(model), validation, validation_indices, get_protocol("vvo"), feature_kind, config.tokens or None, target_device
+        )
+        return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
+
+    run_info = {
+        "stage": "ocl",
+        "created": utc_now(),
+        "store": store_summary_for_run(store, feature_kind),
+        "tokens": store.token_attributes(config.tokens) if config.tokens else None,
+        "online": online,
+        "device": str(target_device),
+        "versions": library_versions(),
+    }
+    try:
+        loop = train_loop(
+            model=model,
+            optimizer=optimizer,
+            batches=batches,
+            settings=LoopSettings(
+                config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio,
+                config.grad_clip, config.amp, config.log_every, config.checkpoint_every,
+            ),
+            device=target_device,
+            run_dir=run_dir,
+            config=to_dict(config),
+            run_info=run_info,
+            step_loss=step_loss,
+            start_step=start_step,
+            end_step=end_step,
+            description="train-ocl" + (" (online)" if online else ""),
+            validate=validate if validation.has_masks else None,
+            validate_every=config.validate_every,
+            show_progress=show_progress,
+        )
+    finally:
+        batches.close()
+    return OCLTrainResult(
+        run_dir=run_dir,
+        steps=loop.steps,
+        seconds=loop.seconds,
+        samples_per_second=loop.steps * config.batch_size / loop.seconds if loop.seconds > 0 else 0.0,
+        data_wait_fraction=loop.wait_seconds / loop.seconds if loop.seconds > 0 else 0.0,
+        first_losses=loop.first_losses,
+        last_row=loop.last_row,
+    )
+
+
+def load_ocl_run(run_dir: Path, store: FeatureStore, device: torch.device) -> tuple[OCLModel, OCLTrainConfig, dict[str, Any]]:
+    """The frozen model of an OCL run, checked against ``store`` (same VFM, grid, and token codebook)."""
+    raw_config, info = read_run(run_dir)
+    if info.get("stage") != "ocl":
+        raise FeatcacheError(f"{run_dir} is not an OCL run (stage {info.get('stage')!r}); expected a folder written by train-ocl")
+    config = from_dict(OCLTrainConfig, raw_config)
+    trained = info["store"]
+    if trained["encoder"] != store.attributes["encoder"]["name"] or trained["channels"] != store.layout.channels or list(trained["grid"]) != list(store.layout.grid):
+        raise StoreError(
+            f"run {run_dir} was trained on {trained['encoder']} features ({trained['channels']} ch, grid {trained['grid']}); "
+            f"store {store.path} holds {store.attributes['encoder']['name']} ({store.layout.channels} ch, grid {list(store.layout.grid)})"
+        )
+    if config.tokens:
+        trained_vq = info["tokens"]["vq"]["weights_sha256"]
+        if config.tokens not in store.token_names() or store.token_attributes(config.tokens)["vq"]["weights_sha256"] != trained_vq:
+            raise StoreError(f"store {store.path} has no token set {config.tokens!r} made by the VQ checkpoint the run was trained with")
+    model = build_ocl_model(config, store)
+    load_weights(run_dir, model)
+    return model.to(device).eval().requires_grad_(False), config, info
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    store_path: str | Path | None = None,
+    protocol_name: str = "vvo",
+    view: str = "center",
+    batch_size: int = 64,
+    device: str = "auto",
+    limit: int | None = None,
+    baseline: bool = False,
+    out: str | Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Score a run's masks on a store (default: the store it was trained on); writes eval JSON and a PNG grid."""
+    run_dir = Path(run_dir)
+    _, info = read_run(run_dir)
+    store = FeatureStore(store_path or info["store"]["path"])
+    target_device = resolve_device(device)
+    model, config, info = load_ocl_run(run_dir, store, target_device)
+    protocol = get_protocol(protocol_name)
+    feature_kind = info["store"]["feature_kind"]
+    indices = store.valid_indices()[:limit] if limit else store.valid_indices()
+    metrics, examples = evaluate_masks(
+        _predictor(model), store, indices, protocol, feature_kind, config.tokens or None, target_device, view, batch_size, show_progress
+    )
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "store": str(store.path),
+        "random_weights": store.weights_are_random,
+        "view": view,
+        "protocol": {
+            "name": protocol.name,
+            "mask_source": config.model.mask_source,
+            "resolution": store.layout.mask_size,
+            "background_in_mbo_miou": protocol.count_background,
+            "ignore_label": protocol.ignore_label,
+            "overlaps": "pixels of overlapping instances are ignore pixels (set by the dataset adapter)",
+            "upsampling": protocol.upsampling,
+        },
+        "metrics": metrics.summary(),
+        "evaluated": utc_now(),
+    }
+    if baseline:
+        result["kmeans_baseline"] = kmeans_baseline_metrics(store, indices, feature_kind, view, protocol)
+    out_dir = Path(out) if out else run_dir / f"eval-{store.path.stem}-{protocol.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=float))
+    if store.has_images:
+        write_mask_grid(store.images(indices[: len(examples)], view=view), examples, out_dir / "masks.png")
+    result["output"] = str(out_dir)
+    return result
+
+
+def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_kind: str, view: str, protocol: Protocol) -> dict[str, float]:
+    """Per-image kMeans (k = objects + background) on the same features, scored with the same protocol."""
+    from featcache.analysis.separability import kmeans_baseline, objects_per_image
+
+    features = store.features(indices, view=view, kind=feature_kind).astype(np.float32)  # (N, h, w, C)
+    true = store.masks(indices, view=view).astype(np.int64)  # (N, M, M)
+    size = true.shape[-1]
+    clusters = kmeans_baseline(features, objects_per_image(true) + 1, output_size=(size, size), seed=0)
+    return MaskMetrics(**score_masks(true, clusters, protocol), clip_ari={}).summary()
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    rows = [{"method": "model", **result["metrics"]}]
+    if "kmeans_baseline" in result:
+        rows.append({"method": "per-image kMeans", **result["kmeans_baseline"]})
+    protocol = result["protocol"]
+    print_metrics_table(
+        f"{result['run']} on {result['store']} ({protocol['name']} protocol, {protocol['mask_source']} masks at {protocol['resolution']} px"
+        + (", RANDOM VFM weights" if result["random_weights"] else "") + ")",
+        rows,
+    )
+    error_console.print(f"wrote {result['output']}")
