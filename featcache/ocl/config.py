@@ -1,0 +1,46 @@
+"""OCL model config: feature projection, slot aggregator, decoder, and where object masks come from.
+
+Merged from YAML by :mod:`featcache.config` (plain types and nested frozen dataclasses only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from featcache.aggregators.config import AggregatorConfig
+from featcache.decoders import DecoderConfig, MlpDecoderConfig, TransformerDecoderConfig
+from featcache.decoders.diffusion_config import DiffusionDecoderConfig
+from featcache.errors import ConfigError
+
+__all__ = [
+    "AggregatorConfig",
+    "DecoderConfig",
+    "DiffusionDecoderConfig",
+    "MlpDecoderConfig",
+    "OCLModelConfig",
+    "TransformerDecoderConfig",
+]
+
+
+@dataclass(frozen=True)
+class OCLModelConfig:
+    """The trainable part of an OCL model; the VFM and the quantizer are frozen upstream (in the store)."""
+
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    #: Hidden width of the feature projection into the slot width.
+    projection_hidden: int = 768
+    #: Dropout between the projection's two linear layers.
+    projection_dropout: float = 0.0
+    #: ``mlp``: Linear(C, hidden) - Dropout - Linear(hidden, slot_dim), no activation (VVO-Tfd/Dfz);
+    #: ``layernorm_mlp``: LayerNorm(C) - Linear - ReLU - Dropout - Linear (DINOSAUR, VVO-Mlp).
+    projection: Literal["mlp", "layernorm_mlp"] = "mlp"
+    #: Object masks for evaluation: slot-attention maps, or the decoder's own masks (mlp decoder only).
+    mask_source: Literal["attention", "decoder"] = "attention"
+
+    def __post_init__(self) -> None:
+        if self.projection_hidden < 1:
+            raise ConfigError(f"config key 'projection_hidden' must be at least 1, got {self.projection_hidden}")
+        if not 0.0 <= self.projection_dropout < 1.0:
+            raise ConfigError(f"config key 'projection_dropout' must lie in [0, 1), got {self.projection_dropout}")

@@ -1,0 +1,163 @@
+"""The trainable OCL model on cached features: projection -> slot aggregator -> decoder.
+
+Input is a batch of cached VFM patch features (B, h, w, C) and, for decoders that reconstruct VQ
+targets, the cached token indices (B, h, w); quantized codes are looked up in the frozen codebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from featcache.aggregators import AggregatorOutput, create_aggregator
+from featcache.decoders import DecoderTargets, create_decoder
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.ocl.config import OCLModelConfig
+
+
+@dataclass
+class OCLOutput:
+    """loss: scalar to minimise; losses: its named parts (detached scalars, for logging);
+    slots: (B, S, D); attention_masks: (B, S, h, w) slot attention (sums to 1 over slots);
+    decoder_masks: (B, S, h, w) or None; masks: the ``mask_source`` one of the two;
+    reconstruction: the decoder's prediction (shape depends on the decoder) or None."""
+
+    loss: torch.Tensor
+    slots: torch.Tensor
+    attention_masks: torch.Tensor
+    masks: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder_masks: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+
+
+def build_projection(config: OCLModelConfig, feature_dim: int, slot_dim: int) -> nn.Sequential:
+    """Map VFM channels C to the slot width (no positional encoding: the VFM features carry position)."""
+    if config.projection == "layernorm_mlp":
+        return nn.Sequential(
+            nn.LayerNorm(feature_dim),
+            nn.Linear(feature_dim, config.projection_hidden),
+            nn.ReLU(),
+            nn.Dropout(config.projection_dropout),
+            nn.Linear(config.projection_hidden, slot_dim),
+        )
+    return nn.Sequential(
+        nn.Linear(feature_dim, config.projection_hidden),
+        nn.Dropout(config.projection_dropout),
+        nn.Linear(config.projection_hidden, slot_dim),
+    )
+
+
+class OCLModel(nn.Module):
+    """Object-centric model trained from the cache: only projection, aggregator and decoder have weights.
+
+    ``codebook`` (K, D) is the frozen VQ codebook, kept as a buffer (saved with the weights); it is needed
+    when the decoder reads tokens or codes and may be None when it reads features only.
+    """
+
+    def __init__(
+        self,
+        config: OCLModelConfig,
+        feature_dim: int,
+        grid: tuple[int, int],
+        codebook: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.feature_dim = feature_dim
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.num_slots = config.aggregator.num_slots
+        slot_dim = config.aggregator.slot_dim
+        decoder_config = config.decoder
+        self.projection = build_projection(config, feature_dim, slot_dim)
+        self.aggregator = create_aggregator(config.aggregator, input_dim=slot_dim)
+        if codebook is not None:
+            if codebook.ndim != 2:
+                raise FeatcacheError(f"codebook must be (K, D), got shape {tuple(codebook.shape)}")
+            codebook = codebook.detach().clone().float()
+        self.register_buffer("codebook", codebook)
+        codebook_size, code_dim = (codebook.shape[0], codebook.shape[1]) if codebook is not None else (0, 0)
+        if codebook is None and decoder_config.target != "features":
+            raise FeatcacheError(
+                f"decoder {decoder_config.name} with target {decoder_config.target} needs the VQ codebook; "
+                "pass the quantizer's codebook (K, D)"
+            )
+        self.decoder = create_decoder(decoder_config, slot_dim, self.grid, feature_dim, codebook_size, code_dim)
+        if config.mask_source == "decoder" and not getattr(self.decoder, "returns_masks", False):
+            raise ConfigError(
+                f"mask_source 'decoder' needs a decoder with masks; decoder {decoder_config.name} has none "
+                "(use mask_source: attention)"
+            )
+        self.needs_tokens = any(name in ("tokens", "codes") for name in self.decoder.needs)
+
+    def aggregate(self, features: torch.Tensor) -> AggregatorOutput:
+        """features (B, h, w, C) -> slots (B, S, D) and attention (B, S, N)."""
+        height, width = self.grid
+        if features.ndim != 4 or tuple(features.shape[1:]) != (height, width, self.feature_dim):
+            raise FeatcacheError(
+                f"features must be (B, {height}, {width}, {self.feature_dim}), got {tuple(features.shape)}"
+            )
+        flat = features.float().flatten(1, 2)  # (B, h, w, C) -> (B, N, C)
+        return self.aggregator(self.projection(flat))
+
+    def decoder_targets(self, features: torch.Tensor, tokens: torch.Tensor | None) -> DecoderTargets:
+        """What the decoder reads: the features, plus tokens and their codebook vectors when it needs them."""
+        if not self.needs_tokens:
+            return DecoderTargets(features=features.float())
+        decoder_config = self.config.decoder
+        if tokens is None:
+            raise FeatcacheError(
+                f"decoder {decoder_config.name} with target {decoder_config.target} needs a token set: "
+                "pass tokens=NAME in the config"
+            )
+        if tuple(tokens.shape) != (features.shape[0], *self.grid):
+            raise FeatcacheError(
+                f"tokens must be (B, {self.grid[0]}, {self.grid[1]}) like the features, got {tuple(tokens.shape)}"
+            )
+        tokens = tokens.long()
+        codes = self.codebook[tokens] if "codes" in self.decoder.needs else None  # (B, h, w, D)
+        return DecoderTargets(features=features.float(), tokens=tokens, codes=codes)
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor | None = None) -> OCLOutput:
+        """features (B, h, w, C), tokens (B, h, w) int or None -> loss, slots and masks."""
+        targets = self.decoder_targets(features, tokens)
+        aggregated = self.aggregate(features)
+        decoded = self.decoder(aggregated.slots, targets)
+        attention_masks = self._grid_masks(aggregated.attention)
+        if self.config.mask_source == "decoder":
+            if decoded.masks is None:
+                raise FeatcacheError(f"decoder {self.config.decoder.name} returned no masks for mask_source 'decoder'")
+            masks = decoded.masks
+        else:
+            masks = attention_masks
+        return OCLOutput(
+            loss=decoded.loss,
+            losses=dict(decoded.losses),
+            slots=aggregated.slots,
+            attention_masks=attention_masks,
+            decoder_masks=decoded.masks,
+            masks=masks,
+            reconstruction=decoded.reconstruction,
+        )
+
+    @torch.no_grad()
+    def predict_masks(self, features: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Evaluation masks (B, S, h, w) from ``mask_source``, computed in eval mode (no slot noise, no dropout).
+
+        Attention masks need only the features; decoder masks run the decoder, which needs the same
+        inputs as in training (``tokens`` when its target involves codes). The previous mode is restored.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            if self.config.mask_source == "attention":
+                return self._grid_masks(self.aggregate(features).attention)
+            return self.forward(features, tokens).masks
+        finally:
+            self.train(was_training)
+
+    def _grid_masks(self, attention: torch.Tensor) -> torch.Tensor:
+        """(B, S, N) -> (B, S, h, w) float32 (autocast may have produced a lower precision)."""
+        return attention.float().reshape(attention.shape[0], attention.shape[1], *self.grid)

@@ -1,0 +1,126 @@
+"""OCL training from the cache and evaluation: configs, determinism, resume, NaN guard, online parity, metrics."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+from sklearn.metrics import adjusted_rand_score
+
+from featcache.config import load_config
+from featcache.datasets import open_dataset, write_synthetic
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.extraction import ExtractConfig, extract
+from featcache.quantize import DecoderConfig, QuantizerConfig
+from featcache.stages.evaluate import labels_from_patch_masks
+from featcache.stages.tokenize import tokenize_store
+from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, load_ocl_run, train_ocl
+from featcache.stages.train_vq import VQTrainConfig, train_vq
+from featcache.store import FeatureStore
+from featcache.store import schema
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
+EXTRACT = ExtractConfig(vfm="dino2-s14", weights="random", resolution=56, image_size=32, mask_size=32, samples_per_chunk=4, batch_size=8)
+
+
+def tiny_config(name: str = "dinosaur-mlp", **changes: object) -> OCLTrainConfig:
+    config = load_config(OCLTrainConfig, [CONFIGS / f"{name}.yaml", CONFIGS / "tiny.yaml"])
+    return replace(config, **{"steps": 20, "batch_size": 8, "log_every": 5, "validate_every": 10, "validation_images": 8,
+                              "checkpoint_every": 10, "loader": "memory", **changes})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
+    """A 4x4-grid store with two token sets named as the shipped configs expect (vvo-c256, vvo-c4)."""
+    root = tmp_path_factory.mktemp("ocl")
+    out = root / "store.zarr"
+    extract(open_dataset(str(shapes_dir)), out, EXTRACT, device="cpu", show_progress=False)
+    for name, code_dim in (("vvo-c256", 8), ("vvo-c4", 4)):
+        vq = VQTrainConfig(
+            quantizer=QuantizerConfig(codebook_size=16, code_dim=code_dim, template_dim=8, encoder_layers=1, encoder_channels=16),
+            decoder=DecoderConfig(target="pixels", channels=8, image_size=32),
+            steps=10, batch_size=8, log_every=5, checkpoint_every=10, loader="memory",
+        )
+        train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)
+        tokenize_store(out, root / f"vq-{name}", name, device="cpu", show_progress=False)
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "tiny"), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, tmp_path: Path) -> None:
+    for layers in ([path], [path, CONFIGS / "tiny.yaml"]):
+        config = replace(load_config(OCLTrainConfig, layers), steps=1, batch_size=2, validate_every=0, loader="memory")
+        result = train_ocl(store, config, tmp_path / f"run-{len(layers)}", device="cpu", show_progress=False)
+        assert result.steps == 1 and np.isfinite(result.first_losses[0])
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
+    config = tiny_config("vvo-tfd")
+    train_ocl(store, config, tmp_path / "a", device="cpu", show_progress=False)
+    train_ocl(store, config, tmp_path / "b", device="cpu", show_progress=False, stop_after=10)
+    train_ocl(store, config, tmp_path / "b", device="cpu", show_progress=False, resume=True)
+    first, resumed = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    for key in first:
+        torch.testing.assert_close(first[key], resumed[key], rtol=0, atol=0, msg=key)
+    train_ocl(store, config, tmp_path / "c", device="cpu", show_progress=False)
+    again = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert all(torch.equal(first[key], again[key]) for key in first)
+
+
+def test_missing_token_set_is_a_config_error(store: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a token set.*vvo-c256"):
+        train_ocl(store, tiny_config("vvo-tfd", tokens=""), tmp_path / "r", device="cpu", show_progress=False)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_checkpoint(store: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(store, broken)
+    features = zarr.open_array(str(broken / schema.FEATURES), mode="r+")
+    features[:] = np.full(features.shape, np.inf, dtype=np.float16)
+    with pytest.raises(FeatcacheError, match=r"loss became nan at step 0; the last good checkpoint is .* at step 0"):
+        train_ocl(broken, tiny_config(), tmp_path / "r", device="cpu", show_progress=False)
+
+
+def test_online_baseline_matches_the_cache_in_the_first_steps(store: Path, tmp_path: Path) -> None:
+    config = tiny_config("vvo-tfd")
+    cached = train_ocl(store, config, tmp_path / "cached", device="cpu", show_progress=False, stop_after=3)
+    online = train_ocl(store, config, tmp_path / "online", device="cpu", show_progress=False, stop_after=3, online=True)
+    np.testing.assert_allclose(online.first_losses, cached.first_losses, rtol=2e-2)
+
+
+def test_eval_metrics_match_sklearn_and_record_the_protocol(store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_ocl(store, tiny_config(), run, device="cpu", show_progress=False)
+    result = evaluate_run(run, protocol_name="dinosaur", device="cpu", baseline=True, out=tmp_path / "eval", show_progress=False)
+    assert result["protocol"]["name"] == "dinosaur" and result["protocol"]["background_in_mbo_miou"] is False
+    assert result["protocol"]["resolution"] == 32 and result["random_weights"] is True
+    assert (tmp_path / "eval" / "eval.json").is_file() and (tmp_path / "eval" / "masks.png").is_file()
+    assert set(result["kmeans_baseline"]) >= {"ari", "fg_ari", "mbo", "miou"}
+    # Independent check of FG-ARI: the model's masks scored with scikit-learn on foreground pixels.
+    reader = FeatureStore(store, warn_random=False)
+    model, config, info = load_ocl_run(run, reader, torch.device("cpu"))
+    indices = reader.valid_indices()
+    features = torch.from_numpy(reader.features(indices, view="center", kind=info["store"]["feature_kind"]))
+    predicted = labels_from_patch_masks(model(features, None).masks, 32)
+    true = reader.masks(indices, view="center").astype(np.int64)
+    scores = [adjusted_rand_score(t[t > 0], p[t > 0]) for t, p in zip(true, predicted) if (t > 0).any()]
+    assert result["metrics"]["fg_ari"] == pytest.approx(np.mean(scores), abs=1e-9)
+    vvo = evaluate_run(run, protocol_name="vvo", device="cpu", out=tmp_path / "eval-vvo", show_progress=False)
+    assert vvo["metrics"]["ari"] == pytest.approx(result["metrics"]["ari"])
+    assert vvo["metrics"]["mbo"] != pytest.approx(result["metrics"]["mbo"])  # background counted or not
+
+
+def test_video_stores_pool_ari_over_each_clip(tmp_path: Path) -> None:
+    data = write_synthetic(tmp_path / "clips", images=2, seed=2, size=48, video=True, frames=3)
+    video = tmp_path / "video.zarr"
+    extract(open_dataset(str(data)), video, EXTRACT, device="cpu", show_progress=False)
+    run = tmp_path / "run"
+    train_ocl(video, tiny_config(steps=4, validate_every=0), run, device="cpu", show_progress=False)
+    result = evaluate_run(run, device="cpu", show_progress=False)
+    assert result["metrics"]["clips"] == 2 and 0.0 <= result["metrics"]["clip_ari"] <= 1.0 or np.isnan(result["metrics"]["clip_ari"])
