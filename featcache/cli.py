@@ -123,7 +123,8 @@ def train_vq_command(
 ) -> None:
     """Pre-train the VVO quantizer on cached features (only the quantizer and its decoder train)."""
     from featcache.config import load_config
-    from featcache.stages.train_vq import VQTrainConfig, print_result, read_run_config, train_vq
+    from featcache.stages.train_vq import VQTrainConfig, read_run_config, train_vq
+    from featcache.training.loop import print_result
 
     if resume and config is None:
         train_config = read_run_config(out, VQTrainConfig, list(set_))
@@ -209,7 +210,8 @@ def train_ocl_command(
     """Train an OCL model (aggregator + decoder only) straight from cached features and tokens."""
     from featcache.config import load_config
     from featcache.stages.train_ocl import OCLTrainConfig, train_ocl
-    from featcache.stages.train_vq import print_result, read_run_config
+    from featcache.stages.train_vq import read_run_config
+    from featcache.training.loop import print_result
 
     if resume and not config:
         train_config = read_run_config(out, OCLTrainConfig, list(set_))
@@ -307,6 +309,27 @@ def bench_vq(
 
     result = run_vq_benchmark(work_dir, config, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
     print_vq_benchmark(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@bench_app.command("ocl")
+def bench_ocl(
+    configs: Path = typer.Option(Path("configs/ocl"), help="Folder with the OCL configs (vvo-tfd, dinosaur-mlp, tiny)."),
+    images: int = typer.Option(64, help="Synthetic images extracted into the benchmark store."),
+    resolution: int = typer.Option(224, help="VFM input side."),
+    steps: int = typer.Option(10, help="Training steps per round and side."),
+    rounds: int = typer.Option(2, help="Alternating rounds; the best of each side counts."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    work_dir: Path = typer.Option(Path("cache/bench-ocl"), help="Scratch folder (re-created)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """OCL training samples/s from the cache vs online, for vvo-tfd and dinosaur-mlp, same run."""
+    from featcache.bench.ocl import print_ocl_benchmark, run_ocl_benchmark
+
+    result = run_ocl_benchmark(work_dir, configs, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
+    print_ocl_benchmark(result)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))

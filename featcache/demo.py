@@ -19,7 +19,8 @@ from featcache.extraction import ExtractConfig, extract
 from featcache.inspect import print_store_summary, store_summary
 from featcache.quantize import DecoderConfig, QuantizerConfig
 from featcache.stages.tokenize import tokenize_store
-from featcache.stages.train_vq import VQTrainConfig, print_result, train_vq
+from featcache.stages.train_vq import VQTrainConfig, train_vq
+from featcache.training.loop import print_result
 from featcache.training.checkpoint import CONFIG_NAME
 
 #: The demo's quantizer: the tiny preset's shape, small enough for a minute of CPU.

@@ -87,8 +87,9 @@ def test_non_finite_loss_stops_naming_the_step_and_checkpoint(store: Path, tmp_p
         train_ocl(broken, tiny_config(), tmp_path / "r", device="cpu", show_progress=False)
 
 
-def test_online_baseline_matches_the_cache_in_the_first_steps(store: Path, tmp_path: Path) -> None:
-    config = tiny_config("vvo-tfd")
+@pytest.mark.parametrize("method", ["vvo-tfd", "dinosaur-mlp"])
+def test_online_baseline_matches_the_cache_in_the_first_steps(method: str, store: Path, tmp_path: Path) -> None:
+    config = tiny_config(method)
     cached = train_ocl(store, config, tmp_path / "cached", device="cpu", show_progress=False, stop_after=3)
     online = train_ocl(store, config, tmp_path / "online", device="cpu", show_progress=False, stop_after=3, online=True)
     np.testing.assert_allclose(online.first_losses, cached.first_losses, rtol=2e-2)

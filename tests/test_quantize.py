@@ -16,7 +16,6 @@ from featcache.quantize import (
     DecoderConfig,
     QuantizerConfig,
     SimVQCodebook,
-    VectorQuantizer,
     VQModel,
     code_usage_statistics,
     gumbel_scale,

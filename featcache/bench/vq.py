@@ -21,6 +21,17 @@ from featcache.extraction import ExtractConfig, extract
 from featcache.stages.train_vq import VQTrainConfig, train_vq
 
 
+def build_benchmark_store(work_dir: Path, images: int, resolution: int, device: str) -> Path:
+    """A fresh synthetic store (DINOv2 ViT-S/14, random weights) under ``work_dir`` for training benchmarks."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    data = write_synthetic(work_dir / "shapes", images=images, seed=0)
+    store = work_dir / "store.zarr"
+    config = ExtractConfig(vfm="dino2-s14", weights="random", resolution=resolution, samples_per_chunk=16, batch_size=16)
+    extract(open_dataset(str(data)), store, config, device=device, show_progress=False)
+    return store
+
+
 def run_vq_benchmark(
     work_dir: Path,
     config_path: Path,
@@ -30,18 +41,7 @@ def run_vq_benchmark(
     rounds: int = 2,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    work_dir = Path(work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    data = write_synthetic(work_dir / "shapes", images=images, seed=0)
-    store = work_dir / "store.zarr"
-    extract(
-        open_dataset(str(data)),
-        store,
-        ExtractConfig(vfm="dino2-s14", weights="random", resolution=resolution, samples_per_chunk=16, batch_size=16),
-        device=device,
-        show_progress=False,
-    )
+    store = build_benchmark_store(Path(work_dir), images, resolution, device)
     config = replace(load_config(VQTrainConfig, config_path), steps=steps, log_every=steps, checkpoint_every=steps, loader="memory")
     cached_rates, online_rates, wait_fractions = [], [], []
     for round_index in range(rounds):

@@ -34,9 +34,9 @@ from featcache.stages.evaluate import (
 from featcache.stages.train_vq import resolve_feature_kind, store_summary_for_run
 from featcache.store import FeatureStore
 from featcache.store.writer import utc_now
-from featcache.training.checkpoint import CONFIG_NAME, load_weights, read_run
+from featcache.training.checkpoint import load_weights, prepare_run_folder, read_run
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopSettings, restore, train_loop
+from featcache.training.loop import LoopSettings, TrainResult, restore, train_loop
 from featcache.training.online import OnlineBatches
 
 
@@ -66,17 +66,6 @@ class OCLTrainConfig:
     loader: Literal["auto", "memory", "stream"] = "auto"
 
 
-@dataclass
-class OCLTrainResult:
-    run_dir: Path
-    steps: int
-    seconds: float
-    samples_per_second: float
-    data_wait_fraction: float
-    first_losses: list[float]
-    last_row: dict[str, Any]
-
-
 def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | None:
     if not config.tokens:
         if config.model.decoder.target != "features":
@@ -90,14 +79,6 @@ def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | Non
 
 def build_ocl_model(config: OCLTrainConfig, store: FeatureStore) -> OCLModel:
     return OCLModel(config.model, store.layout.channels, store.layout.grid, _codebook(store, config))
-
-
-def _check_resume_config(run_dir: Path, config: OCLTrainConfig) -> None:
-    saved, _ = read_run(run_dir)
-    new = to_dict(config)
-    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in new.items() if saved.get(key) != value]
-    if differences:
-        raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
 
 
 def _predictor(model: OCLModel) -> Any:
@@ -119,13 +100,10 @@ def train_ocl(
     validation_store: str | Path | None = None,
     show_progress: bool = True,
     stop_after: int | None = None,
-) -> OCLTrainResult:
+) -> TrainResult:
     """Train an OCL model on ``store_path``; ``stop_after`` ends early (tests, benchmarks)."""
     run_dir = Path(out)
-    if resume:
-        _check_resume_config(run_dir, config)
-    elif (run_dir / CONFIG_NAME).exists():
-        raise FeatcacheError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    prepare_run_folder(run_dir, to_dict(config), resume)
     target_device = resolve_device(device)
     store = FeatureStore(store_path)
     store.require_complete()
@@ -169,10 +147,7 @@ def train_ocl(
             model=model,
             optimizer=optimizer,
             batches=batches,
-            settings=LoopSettings(
-                config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio,
-                config.grad_clip, config.amp, config.log_every, config.checkpoint_every,
-            ),
+            settings=LoopSettings.from_config(config),
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
@@ -187,15 +162,7 @@ def train_ocl(
         )
     finally:
         batches.close()
-    return OCLTrainResult(
-        run_dir=run_dir,
-        steps=loop.steps,
-        seconds=loop.seconds,
-        samples_per_second=loop.steps * config.batch_size / loop.seconds if loop.seconds > 0 else 0.0,
-        data_wait_fraction=loop.wait_seconds / loop.seconds if loop.seconds > 0 else 0.0,
-        first_losses=loop.first_losses,
-        last_row=loop.last_row,
-    )
+    return TrainResult.from_loop(run_dir, loop, config.batch_size)
 
 
 def load_ocl_run(run_dir: Path, store: FeatureStore, device: torch.device) -> tuple[OCLModel, OCLTrainConfig, dict[str, Any]]:

@@ -16,16 +16,15 @@ import torch
 from PIL import Image
 
 from featcache.config import from_dict, to_dict
-from featcache.console import error_console
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction.run import library_versions
 from featcache.quantize import DecoderConfig, QuantizerConfig, VQModel, usage_statistics_from_counts
 from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.store.writer import utc_now
-from featcache.training.checkpoint import CONFIG_NAME, load_weights, read_run
+from featcache.training.checkpoint import load_weights, prepare_run_folder, read_run
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopSettings, restore, train_loop
+from featcache.training.loop import LoopSettings, TrainResult, restore, train_loop
 from featcache.training.online import OnlineBatches
 
 
@@ -50,17 +49,6 @@ class VQTrainConfig:
     checkpoint_every: int = 1000
     #: ``auto``: arrays in RAM/GPU memory when they fit, else streamed chunks.
     loader: Literal["auto", "memory", "stream"] = "auto"
-
-
-@dataclass
-class VQTrainResult:
-    run_dir: Path
-    steps: int
-    seconds: float
-    samples_per_second: float
-    data_wait_fraction: float
-    first_losses: list[float]
-    last_row: dict[str, Any]
 
 
 def resolve_feature_kind(store: FeatureStore, requested: str) -> str:
@@ -110,14 +98,6 @@ def read_run_config(run_dir: Path, config_class: type, overrides: list[str]) -> 
     return merge(config, parse_overrides(overrides)) if overrides else config
 
 
-def _check_resume_config(run_dir: Path, config: VQTrainConfig) -> None:
-    saved, _ = read_run(run_dir)
-    new = to_dict(config)
-    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in new.items() if saved.get(key) != value]
-    if differences:
-        raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
-
-
 def train_vq(
     store_path: str | Path,
     config: VQTrainConfig,
@@ -127,13 +107,10 @@ def train_vq(
     online: bool = False,
     show_progress: bool = True,
     stop_after: int | None = None,
-) -> VQTrainResult:
+) -> TrainResult:
     """Train the quantizer on ``store_path``'s features; ``stop_after`` ends early (tests, benchmarks)."""
     run_dir = Path(out)
-    if resume:
-        _check_resume_config(run_dir, config)
-    elif (run_dir / CONFIG_NAME).exists():
-        raise FeatcacheError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    prepare_run_folder(run_dir, to_dict(config), resume)
     target_device = resolve_device(device)
     store = FeatureStore(store_path)
     store.require_complete()
@@ -182,10 +159,7 @@ def train_vq(
             model=model,
             optimizer=optimizer,
             batches=batches,
-            settings=LoopSettings(
-                config.steps, config.learning_rate, config.warmup_fraction, config.final_lr_ratio,
-                config.grad_clip, config.amp, config.log_every, config.checkpoint_every,
-            ),
+            settings=LoopSettings.from_config(config),
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
@@ -201,15 +175,7 @@ def train_vq(
         batches.close()
     if end_step == config.steps and with_images:
         write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
-    return VQTrainResult(
-        run_dir=run_dir,
-        steps=loop.steps,
-        seconds=loop.seconds,
-        samples_per_second=loop.steps * config.batch_size / loop.seconds if loop.seconds > 0 else 0.0,
-        data_wait_fraction=loop.wait_seconds / loop.seconds if loop.seconds > 0 else 0.0,
-        first_losses=loop.first_losses,
-        last_row=loop.last_row,
-    )
+    return TrainResult.from_loop(run_dir, loop, config.batch_size)
 
 
 @torch.no_grad()
@@ -228,13 +194,4 @@ def write_reconstructions(model: VQModel, store: FeatureStore, feature_kind: str
     return path
 
 
-def print_result(result: Any) -> None:
-    """One line summarising a training run (VQ or OCL result)."""
-    error_console.print(
-        f"{result.run_dir}: {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_second:.1f} samples/s, "
-        f"{100 * result.data_wait_fraction:.1f}% waiting for data); last: "
-        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.last_row.items())
-    )
-
-
-__all__ = ["VQTrainConfig", "VQTrainResult", "build_vq_model", "load_vq_run", "train_vq", "write_reconstructions"]
+__all__ = ["VQTrainConfig", "build_vq_model", "load_vq_run", "train_vq", "write_reconstructions"]

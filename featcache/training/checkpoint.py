@@ -10,7 +10,6 @@ A run folder holds
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,20 +19,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from featcache.errors import FeatcacheError
+from featcache.encoders.weights import file_sha256
+from featcache.errors import ConfigError, FeatcacheError
 
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "train_state.pt"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -84,3 +76,19 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FeatcacheError(f"cannot resume: {path} does not exist")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """``--resume`` continues the same run: a config that differs from the saved one is refused, naming the keys."""
+    saved, _ = read_run(run_dir)
+    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in config.items() if saved.get(key) != value]
+    if differences:
+        raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
+
+
+def prepare_run_folder(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite a run unless resuming it; when resuming, the config must be the saved one."""
+    if resume:
+        check_resume_config(run_dir, config)
+    elif (run_dir / CONFIG_NAME).exists():
+        raise FeatcacheError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out")

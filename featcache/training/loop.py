@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from featcache.console import format_rate, progress_bar
+from featcache.console import error_console, format_rate, progress_bar
 from featcache.errors import FeatcacheError
 from featcache.quantize.schedules import warmup_cosine_lr
 from featcache.runtime import autocast
@@ -32,6 +32,46 @@ class LoopSettings:
     amp: bool
     log_every: int
     checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> "LoopSettings":
+        """The loop's fields of a stage config (every training config names them the same)."""
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+
+@dataclass
+class TrainResult:
+    """What a training stage reports: throughput, the share spent waiting for data, and the last log row."""
+
+    run_dir: Path
+    steps: int
+    seconds: float
+    samples_per_second: float
+    data_wait_fraction: float
+    first_losses: list[float]
+    last_row: dict[str, Any]
+
+    @classmethod
+    def from_loop(cls, run_dir: Path, loop: "LoopResult", batch_size: int) -> "TrainResult":
+        seconds = loop.seconds
+        return cls(
+            run_dir=run_dir,
+            steps=loop.steps,
+            seconds=seconds,
+            samples_per_second=loop.steps * batch_size / seconds if seconds > 0 else 0.0,
+            data_wait_fraction=loop.wait_seconds / seconds if seconds > 0 else 0.0,
+            first_losses=loop.first_losses,
+            last_row=loop.last_row,
+        )
+
+
+def print_result(result: TrainResult) -> None:
+    """One line summarising a training run."""
+    error_console.print(
+        f"{result.run_dir}: {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_second:.1f} samples/s, "
+        f"{100 * result.data_wait_fraction:.1f}% waiting for data); last: "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.last_row.items())
+    )
 
 
 @dataclass

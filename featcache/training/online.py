@@ -73,7 +73,8 @@ class OnlineBatches(CachedBatches):
             for index, view in zip(samples, views)
         ]
         model_inputs = np.concatenate([p.model_inputs for p in prepared])  # type: ignore[misc]  (B, R, R, 3)
-        stored = self.computer.compute(model_inputs)  # (B, h, w, C) float32, the stored kind
+        # (B, h, w, C) float32, the stored kind; cloned out of inference mode so autograd may save it.
+        stored = self.computer.compute(model_inputs).clone()
         features = stored if self.feature_kind is None else self.store.derive(stored, self.feature_kind)
         images = None
         if self.with_images:

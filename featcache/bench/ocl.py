@@ -1,0 +1,75 @@
+"""OCL training from the cache vs the online baseline, for vvo-tfd and dinosaur-mlp, in one run.
+
+Both sides use the same store, config (method config + tiny preset), seed and (sample, view) sequence;
+the online side decodes images, runs the VFM and, for token targets, the VQ encoder at every step.
+Rounds alternate between the sides and the best round of each counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from featcache.bench.extract import machine_description
+from featcache.bench.vq import build_benchmark_store
+from featcache.config import load_config
+from featcache.console import console
+from featcache.stages.tokenize import tokenize_store
+from featcache.stages.train_ocl import OCLTrainConfig, train_ocl
+from featcache.stages.train_vq import VQTrainConfig, train_vq
+
+METHODS = ("vvo-tfd", "dinosaur-mlp")
+
+
+def run_ocl_benchmark(
+    work_dir: Path,
+    configs_dir: Path,
+    images: int = 64,
+    resolution: int = 224,
+    steps: int = 10,
+    rounds: int = 2,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    work_dir = Path(work_dir)
+    store = build_benchmark_store(work_dir, images, resolution, device)
+    vq_config = replace(load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml"), steps=20, loader="memory")
+    train_vq(store, vq_config, work_dir / "vq", device=device, show_progress=False)
+    tokenize_store(store, work_dir / "vq", "vvo-c256", device=device, show_progress=False)
+    results: dict[str, Any] = {"machine": machine_description(), "resolution": resolution, "steps_per_round": steps, "rounds": rounds, "methods": {}}
+    for method in METHODS:
+        config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / "tiny.yaml"])
+        config = replace(config, steps=steps, log_every=steps, checkpoint_every=steps, validate_every=0, loader="memory")
+        cached_rates, online_rates, waits = [], [], []
+        for round_index in range(rounds):
+            for online in (False, True):
+                run = work_dir / f"{method}-{'online' if online else 'cached'}-{round_index}"
+                result = train_ocl(store, config, run, device=device, online=online, show_progress=False)
+                (online_rates if online else cached_rates).append(result.samples_per_second)
+                if not online:
+                    waits.append(result.data_wait_fraction)
+        results["methods"][method] = {
+            "batch_size": config.batch_size,
+            "cached_samples_per_second": max(cached_rates),
+            "online_samples_per_second": max(online_rates),
+            "cached_over_online": max(cached_rates) / max(online_rates),
+            "cached_data_wait_fraction": min(waits),
+        }
+    return results
+
+
+def print_ocl_benchmark(result: dict[str, Any]) -> None:
+    table = Table(title=f"OCL training, cache vs online (tiny preset, DINOv2 ViT-S/14 random weights at {result['resolution']} px; {result['machine']})")
+    for column in ("method", "cache (samples/s)", "online (samples/s)", "cache / online", "waiting for data (cache)"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for method, figures in result["methods"].items():
+        table.add_row(
+            method,
+            f"{figures['cached_samples_per_second']:.1f}",
+            f"{figures['online_samples_per_second']:.1f}",
+            f"{figures['cached_over_online']:.1f}x",
+            f"{100 * figures['cached_data_wait_fraction']:.2f}%",
+        )
+    console.print(table)
