@@ -3,7 +3,7 @@
 Synthetic scenes go through the real ingest path (the folder adapter), then extraction with explicitly
 random-initialised DINOv2 ViT-S/14 weights (no model hub is needed; the store records and warns about it),
 then a CPU-sized VQ pre-training from the cache, tokenizing, and the code and separability diagnostics.
-Later stages (OCL training, evaluation) append their steps here.
+OCL training and evaluation join once their quality bar is met.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Stages that read a store and produce results: VQ pre-training, tokenizing (later: OCL training, evaluation)."""
+"""Stages that read a store and produce results: VQ pre-training, tokenizing, OCL training, evaluation."""
