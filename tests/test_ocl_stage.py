@@ -125,3 +125,25 @@ def test_video_stores_pool_ari_over_each_clip(tmp_path: Path) -> None:
     train_ocl(video, tiny_config(steps=4, validate_every=0), run, device="cpu", show_progress=False)
     result = evaluate_run(run, device="cpu", show_progress=False)
     assert result["metrics"]["clips"] == 2 and 0.0 <= result["metrics"]["clip_ari"] <= 1.0 or np.isnan(result["metrics"]["clip_ari"])
+
+
+def test_stream_mode_gives_the_stores_rows_with_their_tokens(store: Path) -> None:
+    """Streamed batches (whole units through a buffer) hold exactly the stored features/tokens of their (sample, view)."""
+    from featcache.training.loader import CachedBatches
+
+    reader = FeatureStore(store, warn_random=False)
+    batches = CachedBatches(reader, 8, torch.device("cpu"), feature_kind=None, seed=0, mode="stream", buffer_units=2, token_name="vvo-c256")
+    try:
+        seen = set()
+        for _ in range(6):
+            batch = batches.next()
+            assert batch.features.shape == (8, 4, 4, 384) and batch.tokens is not None and batch.tokens.dtype == torch.int64
+            for row, (sample, view) in enumerate(zip(batch.sample_indices, batch.view_indices)):
+                expected = reader.features([int(sample)], view=int(view))[0].astype(np.float32)
+                np.testing.assert_array_equal(batch.features[row].numpy(), expected)
+                np.testing.assert_array_equal(batch.tokens[row].numpy(), reader.tokens("vvo-c256", [int(sample)], view=int(view))[0])
+                seen.add(int(sample))
+        assert len(seen) > 8  # draws come from several units, not one
+    finally:
+        batches.close()
+    assert batches.mode == "stream"

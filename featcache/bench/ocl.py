@@ -14,12 +14,13 @@ from typing import Any
 from rich.table import Table
 
 from featcache.bench.extract import machine_description
-from featcache.bench.vq import build_benchmark_store
+from featcache.bench.vq import build_benchmark_store, cache_versus_online
 from featcache.config import load_config
 from featcache.console import console
 from featcache.stages.tokenize import tokenize_store
 from featcache.stages.train_ocl import OCLTrainConfig, train_ocl
 from featcache.stages.train_vq import VQTrainConfig, train_vq
+from featcache.training.loop import TrainResult
 
 METHODS = ("vvo-tfd", "dinosaur-mlp")
 
@@ -42,21 +43,12 @@ def run_ocl_benchmark(
     for method in METHODS:
         config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / "tiny.yaml"])
         config = replace(config, steps=steps, log_every=steps, checkpoint_every=steps, validate_every=0, loader="memory")
-        cached_rates, online_rates, waits = [], [], []
-        for round_index in range(rounds):
-            for online in (False, True):
-                run = work_dir / f"{method}-{'online' if online else 'cached'}-{round_index}"
-                result = train_ocl(store, config, run, device=device, online=online, show_progress=False)
-                (online_rates if online else cached_rates).append(result.samples_per_second)
-                if not online:
-                    waits.append(result.data_wait_fraction)
-        results["methods"][method] = {
-            "batch_size": config.batch_size,
-            "cached_samples_per_second": max(cached_rates),
-            "online_samples_per_second": max(online_rates),
-            "cached_over_online": max(cached_rates) / max(online_rates),
-            "cached_data_wait_fraction": min(waits),
-        }
+
+        def train(online: bool, round_index: int, method: str = method, config: OCLTrainConfig = config) -> TrainResult:
+            run = work_dir / f"{method}-{'online' if online else 'cached'}-{round_index}"
+            return train_ocl(store, config, run, device=device, online=online, show_progress=False)
+
+        results["methods"][method] = {"batch_size": config.batch_size, **cache_versus_online(train, rounds)}
     return results
 
 

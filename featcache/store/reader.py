@@ -1,8 +1,8 @@
 """The typed read API that every later stage uses.
 
 Reads are chunk-aware: a request for arbitrary sample indices reads each touched chunk once (zarr pays a
-fixed cost of milliseconds per chunk call on this machine, see benchmarks/RESULTS.md), and
-:meth:`FeatureStore.iter_blocks` streams whole chunks for loaders that shuffle within a buffer.
+fixed cost of milliseconds per chunk call on this machine, see benchmarks/RESULTS.md); a slice of one
+write unit is one chunk read per view, which is how the training loader streams a store.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import zarr
@@ -276,16 +276,6 @@ class FeatureStore:
     def codebook(self, name: str) -> np.ndarray:
         """The projected codebook (K, D) float32 that token indices point into."""
         return self.group[f"{self._token_path(name)}/{CODEBOOK}"][:]
-
-    def iter_blocks(self, view: ViewSelection = 0, order: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (sample indices, features) one chunk-aligned unit at a time, in ``order`` of units.
-
-        The cheapest way to stream a store: each yield is one chunk read per view.
-        """
-        units = range(self.layout.num_units) if order is None else order
-        for unit in units:
-            start, stop = self.layout.unit_range(int(unit))
-            yield np.arange(start, stop), self._read(schema.FEATURES, slice(start, stop), view)
 
     def load_features(self, view: ViewSelection = None) -> np.ndarray:
         """All features in RAM, (N, V, h, w, C) float16 (or one view): for stages whose data fit in memory."""
