@@ -240,6 +240,51 @@ def eval_command(
 
 
 @app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec YAML (configs/ablations/)."),
+    seeds: Optional[int] = typer.Option(None, help="Run seeds 0..N-1 instead of the spec's seeds."),
+    out: Optional[Path] = typer.Option(None, help="Sweep folder; default runs/sweeps/<name>."),
+    set_: list[str] = typer.Option([], "--set", help="Override key=value: a spec key (store=, eval.limit=, grid.KEY=[..]) or any OCL config key for every run."),
+    workers: int = typer.Option(0, help="Run on a local dask cluster of N single-threaded worker processes."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler (workers must see the stores and --out)."),
+    fuse_seeds: bool = typer.Option(False, "--fuse-seeds", help="Train the seeds of each configuration together over shared batches."),
+    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features from the images every step."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    gpu_fraction: Optional[float] = typer.Option(None, help="Share of a GPU one run takes on a dask cluster (default: the spec's, 1.0)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write rows and summary to this JSON file."),
+) -> None:
+    """Train and evaluate every configuration x seed of a sweep spec; skips finished runs; exit 1 if a run failed."""
+    from featcache.sweeps import load_sweep_spec, run_sweep
+    from featcache.sweeps.results import print_summary_table
+
+    sweep_spec = load_sweep_spec(spec, list(set_))
+    result = run_sweep(sweep_spec, out=out, seeds=seeds, workers=workers, scheduler=scheduler, fuse_seeds=fuse_seeds,
+                       online=online, device=device, gpu_fraction=gpu_fraction)
+    print_summary_table(result.summary, f"sweep {sweep_spec.name} ({result.ran} runs done now, {result.skipped} finished before)"
+                        + (" - RANDOM VFM weights" if result.random_weights else ""))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"out": str(result.out), "rows": result.rows, "summary": result.summary}, indent=2, default=float))
+    error_console.print(f"wrote {result.out}")
+    for row in result.failed:
+        error_console.print(f"[bold red]failed[/] {row['config_id']} seed {row['seed']}: {row['error']} ({result.out / row['run_dir'] / 'error.txt'})")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    sweep_dir: Path = typer.Argument(..., help="A sweep folder written by `featcache sweep`."),
+    out: Path = typer.Option(..., help="Folder for report.md, report.html and their PNG files."),
+) -> None:
+    """Markdown + static HTML report of a sweep: summary table, metric bar charts, loss curves, mask grids."""
+    from featcache.sweeps import write_report
+
+    path = write_report(sweep_dir, out)
+    console.print(f"wrote {path} and {path.with_suffix('.html')}")
+
+
+@app.command()
 def info(
     store: Path = typer.Argument(..., help="A featcache store."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
@@ -333,6 +378,61 @@ def bench_ocl(
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
+
+
+@bench_app.command("fused")
+def bench_fused(
+    configs: Path = typer.Option(Path("configs/ocl"), help="Folder with the OCL configs (vvo-tfd, dinosaur-mlp, tiny)."),
+    seeds: int = typer.Option(3, help="Seeds trained fused on one side, one after another on the other."),
+    images: int = typer.Option(64, help="Synthetic images extracted into the benchmark store."),
+    resolution: int = typer.Option(224, help="VFM input side."),
+    steps: int = typer.Option(10, help="Training steps per round and side."),
+    rounds: int = typer.Option(2, help="Alternating rounds; the best of each side counts."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    work_dir: Path = typer.Option(Path("cache/bench-fused"), help="Scratch folder (re-created)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Wall time of N seeds trained fused (shared batches, one vmap-ed model) vs one after another, same run."""
+    from featcache.bench.fused import print_fused_benchmark, run_fused_benchmark
+
+    result = run_fused_benchmark(work_dir, configs, seeds=seeds, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
+    print_fused_benchmark(result)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command("run")
+def run_command(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML (pipelines/); shipped ones are found from any directory."),
+    workdir: Optional[Path] = typer.Option(None, help="Folder for outputs and stage records; default the file's workdir or runs/pipelines/<name>."),
+    set_: list[str] = typer.Option([], "--set", help="Stage param override STAGE.PARAM=VALUE, e.g. train-vq.set.steps=100 (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would run, without running anything."),
+    force: list[str] = typer.Option([], "--force", help="Re-run this stage (and everything downstream) even if done (repeatable)."),
+) -> None:
+    """Run a declarative pipeline: stages in order, skipping those done with the same inputs (by fingerprint)."""
+    from featcache.pipelines import load_pipeline, print_pipeline_result, run_pipeline
+
+    loaded = load_pipeline(pipeline, list(set_), workdir)
+    result = run_pipeline(loaded, force=list(force), dry_run=dry_run)
+    print_pipeline_result(result)
+    if result.error is not None:
+        raise FeatcacheError(result.error)
+
+
+@app.command()
+def quickstart(
+    out: Optional[Path] = typer.Option(None, help="Workdir for everything it writes; default runs/pipelines/quickstart."),
+    set_: list[str] = typer.Option([], "--set", help="Stage param override STAGE.PARAM=VALUE (as for `featcache run`)."),
+) -> None:
+    """Synthetic scenes -> extract (random weights) -> VQ -> tokens -> two OCL decoders -> report, in minutes on a CPU."""
+    from featcache.pipelines import print_pipeline_result, run_quickstart
+
+    result = run_quickstart(out, list(set_))
+    print_pipeline_result(result)
+    if result.error is not None:
+        raise FeatcacheError(result.error)
+    console.print(f"report: {result.output('report', 'report')} (and report.html next to it)")
 
 
 def main() -> None:

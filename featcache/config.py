@@ -124,17 +124,33 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
+def repo_root() -> Path:
+    """featcache's source checkout: the folder holding the package and the shipped ``configs/`` and ``pipelines/``."""
+    return Path(__file__).resolve().parent.parent
+
+
+def find_config_file(path: str | Path) -> Path:
+    """``path`` when it exists from the current directory (or is absolute), else the shipped file at that
+    relative path in featcache's source checkout, so ``configs/ocl/tiny.yaml`` works from any directory."""
+    file = Path(path).expanduser()
+    if file.is_absolute() or file.exists():
+        return file
+    shipped = repo_root() / file
+    return shipped if shipped.exists() else file
+
+
 def load_config(
     cls: type[C], path: str | Path | list[str | Path] | list[Path] | None = None, overrides: list[str] | None = None
 ) -> C:
     """Build ``cls()`` defaults, merge the YAML file(s) at ``path`` in order, then the ``key=value`` overrides.
 
     Several files layer: a method config first, then e.g. a size preset (``configs/ocl/tiny.yaml``).
+    Relative paths are looked up with :func:`find_config_file` (current directory first, then the shipped configs).
     """
     config = cls()
     paths = [] if path is None else list(path) if isinstance(path, list) else [path]
     for entry in paths:
-        file = Path(entry)
+        file = find_config_file(entry)
         if not file.is_file():
             raise ConfigError(f"config file {file} does not exist")
         try:
@@ -168,3 +184,15 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Rebuild a config saved with :func:`to_dict` (strict: a key the class lacks fails)."""
     return merge(cls(), data)
+
+
+def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"decoder": {"name": "tfd"}}, "steps": 5}`` -> ``{"model.decoder.name": "tfd", "steps": 5}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_keys(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

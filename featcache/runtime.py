@@ -30,6 +30,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Second SeedSequence entry of the model-noise stream, so it never replays the stream that initialised the weights.
+NOISE_STREAM = 0x6E6F697365  # "noise"
+
+
+def noise_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A run's own generator of model noise (slot noise, diffusion timesteps and noise) on ``device``.
+
+    Drawing the noise from it instead of the global generator makes the noise a function of the run's seed
+    and step alone: resumable from the generator's saved state, and identical when seeds train fused.
+    """
+    entropy = np.random.SeedSequence([seed, NOISE_STREAM]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(entropy))
+
+
 def autocast(device: torch.device, enabled: bool = True) -> ContextManager[object]:
     """bf16 autocast on CUDA (no loss scaling needed); full precision on CPU."""
     if enabled and device.type == "cuda":

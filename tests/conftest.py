@@ -6,12 +6,15 @@ Sizes are chosen so extraction of the whole fixture takes about a second on 2 CP
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
-from featcache.datasets import write_synthetic
-from featcache.extraction import ExtractConfig
+from featcache.datasets import open_dataset, write_synthetic
+from featcache.extraction import ExtractConfig, extract
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,55 @@ def tiny_config() -> ExtractConfig:
         samples_per_chunk=4,
         batch_size=8,
     )
+
+
+#: The OCL tests' extraction: 56 px gives a 4 x 4 patch grid.
+OCL_EXTRACT = ExtractConfig(vfm="dino2-s14", weights="random", resolution=56, image_size=32, mask_size=32, samples_per_chunk=4, batch_size=8)
+
+
+@pytest.fixture()
+def ocl_extract_config() -> ExtractConfig:
+    return OCL_EXTRACT
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread: more only adds synchronisation (and oversubscribes shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of tiny training runs: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with single_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
+    """A 4x4-grid store with two token sets named as the shipped OCL configs expect (vvo-c256, vvo-c4).
+
+    Session-scoped and read-only: the OCL stage, sweep and report tests share it.
+    """
+    from featcache.quantize import DecoderConfig, QuantizerConfig
+    from featcache.stages.tokenize import tokenize_store
+    from featcache.stages.train_vq import VQTrainConfig, train_vq
+
+    root = tmp_path_factory.mktemp("ocl")
+    out = root / "store.zarr"
+    with single_torch_thread():
+        extract(open_dataset(str(shapes_dir)), out, OCL_EXTRACT, device="cpu", show_progress=False)
+        for name, code_dim in (("vvo-c256", 8), ("vvo-c4", 4)):
+            vq = VQTrainConfig(
+                quantizer=QuantizerConfig(codebook_size=16, code_dim=code_dim, template_dim=8, encoder_layers=1, encoder_channels=16),
+                decoder=DecoderConfig(target="pixels", channels=8, image_size=32),
+                steps=10, batch_size=8, log_every=5, checkpoint_every=10, loader="memory",
+            )
+            train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)
+            tokenize_store(out, root / f"vq-{name}", name, device="cpu", show_progress=False)
+    return out

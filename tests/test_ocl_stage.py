@@ -17,16 +17,12 @@ from featcache.config import load_config
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.extraction import ExtractConfig, extract
-from featcache.quantize import DecoderConfig, QuantizerConfig
 from featcache.stages.evaluate import labels_from_patch_masks
-from featcache.stages.tokenize import tokenize_store
 from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, load_ocl_run, train_ocl
-from featcache.stages.train_vq import VQTrainConfig, train_vq
 from featcache.store import FeatureStore
 from featcache.store import schema
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
-EXTRACT = ExtractConfig(vfm="dino2-s14", weights="random", resolution=56, image_size=32, mask_size=32, samples_per_chunk=4, batch_size=8)
 
 
 def tiny_config(name: str = "dinosaur-mlp", **changes: object) -> OCLTrainConfig:
@@ -36,20 +32,9 @@ def tiny_config(name: str = "dinosaur-mlp", **changes: object) -> OCLTrainConfig
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
-    """A 4x4-grid store with two token sets named as the shipped configs expect (vvo-c256, vvo-c4)."""
-    root = tmp_path_factory.mktemp("ocl")
-    out = root / "store.zarr"
-    extract(open_dataset(str(shapes_dir)), out, EXTRACT, device="cpu", show_progress=False)
-    for name, code_dim in (("vvo-c256", 8), ("vvo-c4", 4)):
-        vq = VQTrainConfig(
-            quantizer=QuantizerConfig(codebook_size=16, code_dim=code_dim, template_dim=8, encoder_layers=1, encoder_channels=16),
-            decoder=DecoderConfig(target="pixels", channels=8, image_size=32),
-            steps=10, batch_size=8, log_every=5, checkpoint_every=10, loader="memory",
-        )
-        train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)
-        tokenize_store(out, root / f"vq-{name}", name, device="cpu", show_progress=False)
-    return out
+def store(ocl_store: Path) -> Path:
+    """The shared 4x4-grid store with token sets vvo-c256 and vvo-c4 (tests/conftest.py)."""
+    return ocl_store
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "tiny"), ids=lambda p: p.stem)
@@ -117,10 +102,10 @@ def test_eval_metrics_match_sklearn_and_record_the_protocol(store: Path, tmp_pat
     assert vvo["metrics"]["mbo"] != pytest.approx(result["metrics"]["mbo"])  # background counted or not
 
 
-def test_video_stores_pool_ari_over_each_clip(tmp_path: Path) -> None:
+def test_video_stores_pool_ari_over_each_clip(tmp_path: Path, ocl_extract_config: ExtractConfig) -> None:
     data = write_synthetic(tmp_path / "clips", images=2, seed=2, size=48, video=True, frames=3)
     video = tmp_path / "video.zarr"
-    extract(open_dataset(str(data)), video, EXTRACT, device="cpu", show_progress=False)
+    extract(open_dataset(str(data)), video, ocl_extract_config, device="cpu", show_progress=False)
     run = tmp_path / "run"
     train_ocl(video, tiny_config(steps=4, validate_every=0), run, device="cpu", show_progress=False)
     result = evaluate_run(run, device="cpu", show_progress=False)

@@ -5,6 +5,10 @@ values it won and updates itself with a GRU and a residual MLP. The two variants
 initial slots: ``SlotAttention`` samples them around learned per-slot means (noise in training only);
 ``BOQSA`` (Jia et al., bi-level optimised query slot attention) starts from learned queries and lets the
 gradient of the last iteration reach them straight through.
+
+Training noise can be passed in explicitly (``draw_noise`` lists and draws it from a generator), so a run's
+noise comes from its own seeded generator and several seeds can train side by side under ``torch.func.vmap``;
+without it, the noise comes from torch's global generator.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featcache.aggregators.config import AggregatorConfig
+from featcache.errors import FeatcacheError
 
 
 @dataclass
@@ -24,6 +30,20 @@ class AggregatorOutput:
 
     slots: torch.Tensor
     attention: torch.Tensor
+
+
+def gru_update(cell: nn.GRUCell, inputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``cell(inputs, hidden)`` on (..., D) tensors, written out gate by gate (PyTorch's GRUCell equations).
+
+    Same weights and math as the fused ``aten::gru_cell``, which has no ``torch.func.vmap`` batching rule
+    (vmap would loop over the seeds of fused-seed training one at a time).
+    """
+    input_gates = F.linear(inputs, cell.weight_ih, cell.bias_ih).chunk(3, dim=-1)  # reset, update, new: (..., D) each
+    hidden_gates = F.linear(hidden, cell.weight_hh, cell.bias_hh).chunk(3, dim=-1)
+    reset = torch.sigmoid(input_gates[0] + hidden_gates[0])
+    update = torch.sigmoid(input_gates[1] + hidden_gates[1])
+    candidate = torch.tanh(input_gates[2] + reset * hidden_gates[2])
+    return (1.0 - update) * candidate + update * hidden
 
 
 class IterativeSlotAttention(nn.Module):
@@ -53,31 +73,35 @@ class IterativeSlotAttention(nn.Module):
             nn.Linear(config.mlp_hidden, slot_dim),
         )
 
-    def initial_slots(self, batch_size: int, reference: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) starting slots on ``reference``'s device."""
+    def initial_slots(self, batch_size: int, reference: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, D) starting slots on ``reference``'s device; ``noise`` as drawn by ``draw_noise`` (or None)."""
         raise NotImplementedError
+
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """The random numbers one forward pass of ``batch_size`` uses in the current mode (none by default)."""
+        return {}
 
     def attend(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One refinement round: returns (new slots (B, S, D), attention (B, S, N) summing to 1 over slots)."""
-        batch_size, num_slots, slot_dim = slots.shape
         queries = self.to_queries(self.slot_norm(slots))  # (B, S, D)
         logits = torch.einsum("bsd,bnd->bsn", queries, keys) * self.scale  # (B, S, N)
         attention = logits.softmax(dim=1)  # competition: each input is shared out among slots
         weights = attention + self.epsilon
         weights = weights / weights.sum(dim=-1, keepdim=True)  # weighted mean over inputs
         updates = torch.einsum("bsn,bnd->bsd", weights, values)  # (B, S, D)
-        # GRUCell works on (rows, D): fold slots into the batch.
-        slots = self.gru(updates.reshape(-1, slot_dim), slots.reshape(-1, slot_dim))
-        slots = slots.reshape(batch_size, num_slots, slot_dim)
+        slots = gru_update(self.gru, updates, slots)  # (B, S, D)
         slots = slots + self.mlp(slots)
         return slots, attention
 
-    def forward(self, inputs: torch.Tensor) -> AggregatorOutput:
-        """inputs (B, N, D_in) -> slots (B, S, D) and the last attention (B, S, N)."""
+    def forward(self, inputs: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> AggregatorOutput:
+        """inputs (B, N, D_in) -> slots (B, S, D) and the last attention (B, S, N).
+
+        ``noise``: ``draw_noise``'s output for this batch; None draws any noise from torch's global generator.
+        """
         inputs = self.input_norm(inputs)
         keys = self.to_keys(inputs)  # (B, N, D)
         values = self.to_values(inputs)  # (B, N, D)
-        initial = self.initial_slots(inputs.shape[0], inputs)
+        initial = self.initial_slots(inputs.shape[0], inputs, (noise or {}).get("slots"))
         slots = initial
         for _ in range(self.iterations - 1):
             slots, _ = self.attend(slots, keys, values)
@@ -96,12 +120,21 @@ class SlotAttention(IterativeSlotAttention):
         self.slot_mean = nn.Parameter(torch.randn(1, config.num_slots, config.slot_dim) * self.scale)
         self.slot_log_std = nn.Parameter(torch.zeros(1, 1, config.slot_dim))
 
-    def initial_slots(self, batch_size: int, reference: torch.Tensor) -> torch.Tensor:
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """Standard normal slot noise (B, S, D) in training; nothing in eval mode (slots start at the means)."""
+        if not self.training:
+            return {}
+        return {"slots": torch.randn((batch_size, self.num_slots, self.slot_dim), generator=generator, device=device)}
+
+    def initial_slots(self, batch_size: int, reference: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         mean = self.slot_mean.expand(batch_size, -1, -1)  # (B, S, D)
         if not self.training:
             return mean
-        noise = torch.randn(mean.shape, device=reference.device, dtype=mean.dtype)
-        return mean + self.slot_log_std.exp() * noise
+        if noise is None:
+            noise = self.draw_noise(batch_size, None, reference.device)["slots"]
+        elif tuple(noise.shape) != tuple(mean.shape):
+            raise FeatcacheError(f"slot noise must be (B, S, D) = {tuple(mean.shape)}, got {tuple(noise.shape)}")
+        return mean + self.slot_log_std.exp() * noise.to(mean.dtype)
 
 
 class BOQSA(IterativeSlotAttention):
@@ -113,5 +146,5 @@ class BOQSA(IterativeSlotAttention):
         super().__init__(config, input_dim)
         self.queries = nn.Parameter(torch.randn(1, config.num_slots, config.slot_dim) * self.scale)
 
-    def initial_slots(self, batch_size: int, reference: torch.Tensor) -> torch.Tensor:
+    def initial_slots(self, batch_size: int, reference: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return self.queries.expand(batch_size, -1, -1)

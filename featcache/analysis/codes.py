@@ -18,6 +18,7 @@ from rich.table import Table
 
 from featcache.console import console as default_console
 from featcache.errors import FeatcacheError
+from featcache.plotting import save_figure
 
 
 @dataclass
@@ -214,20 +215,6 @@ def code_statistics(
 
 
 # ----------------------------------------------------------------------------- output
-def _save_figure(draw: Any, path: Path) -> Path:
-    """Draw on a fresh Agg figure (no pyplot global state) and save it as PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.0, 4.0), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    draw(axes)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    return path
-
-
 def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
     """PNG plots of usage (sorted, log y), NN distances, codes per image and quantization error (if known)."""
     out_dir = Path(out_dir)
@@ -246,7 +233,7 @@ def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
             f"code usage: {stats.used_codes}/{stats.num_codes} used, perplexity {stats.perplexity:.1f}"
         )
 
-    written.append(_save_figure(usage_plot, out_dir / "code_usage.png"))
+    written.append(save_figure(usage_plot, out_dir / "code_usage.png"))
 
     def nn_plot(axes: Any) -> None:
         axes.hist(stats.nn_distances, bins=50)
@@ -254,7 +241,7 @@ def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
         axes.set_ylabel("codes")
         axes.set_title(f"nearest-neighbour distances (median {stats.nn_distance_median:.3g})")
 
-    written.append(_save_figure(nn_plot, out_dir / "code_nn_distances.png"))
+    written.append(save_figure(nn_plot, out_dir / "code_nn_distances.png"))
 
     def per_image_plot(axes: Any) -> None:
         low, high = stats.codes_per_image_min, stats.codes_per_image_max
@@ -263,7 +250,7 @@ def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
         axes.set_ylabel("samples")
         axes.set_title(f"codes per image (mean {stats.codes_per_image_mean:.1f})")
 
-    written.append(_save_figure(per_image_plot, out_dir / "codes_per_image.png"))
+    written.append(save_figure(per_image_plot, out_dir / "codes_per_image.png"))
 
     if stats.quantization_errors is not None:
         errors = stats.quantization_errors
@@ -277,7 +264,7 @@ def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
             axes.set_title(f"quantization error (mean {stats.quantization_error_mean:.3g})")
             axes.legend()
 
-        written.append(_save_figure(error_plot, out_dir / "quantization_error.png"))
+        written.append(save_figure(error_plot, out_dir / "quantization_error.png"))
     return written
 
 

@@ -25,6 +25,15 @@ from featcache.training.loop import TrainResult
 METHODS = ("vvo-tfd", "dinosaur-mlp")
 
 
+def build_tokenized_benchmark_store(work_dir: Path, configs_dir: Path, images: int, resolution: int, device: str) -> Path:
+    """``build_benchmark_store`` plus the token set ``vvo-c256`` (configs/vq/tiny.yaml, 20 steps) the VVO configs read."""
+    store = build_benchmark_store(work_dir, images, resolution, device)
+    vq_config = replace(load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml"), steps=20, loader="memory")
+    train_vq(store, vq_config, work_dir / "vq", device=device, show_progress=False)
+    tokenize_store(store, work_dir / "vq", "vvo-c256", device=device, show_progress=False)
+    return store
+
+
 def run_ocl_benchmark(
     work_dir: Path,
     configs_dir: Path,
@@ -35,10 +44,7 @@ def run_ocl_benchmark(
     device: str = "cpu",
 ) -> dict[str, Any]:
     work_dir = Path(work_dir)
-    store = build_benchmark_store(work_dir, images, resolution, device)
-    vq_config = replace(load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml"), steps=20, loader="memory")
-    train_vq(store, vq_config, work_dir / "vq", device=device, show_progress=False)
-    tokenize_store(store, work_dir / "vq", "vvo-c256", device=device, show_progress=False)
+    store = build_tokenized_benchmark_store(work_dir, configs_dir, images, resolution, device)
     results: dict[str, Any] = {"machine": machine_description(), "resolution": resolution, "steps_per_round": steps, "rounds": rounds, "methods": {}}
     for method in METHODS:
         config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / "tiny.yaml"])

@@ -39,10 +39,20 @@ class DecoderOutput:
 
 
 class SlotDecoder(nn.Module):
-    """Base class: ``forward(slots (B, S, D), targets) -> DecoderOutput``."""
+    """Base class: ``forward(slots (B, S, D), targets, noise=None) -> DecoderOutput``.
+
+    A decoder whose loss is random (diffusion) lists the random numbers of one batch in ``draw_noise``;
+    ``forward`` uses them when given, else draws them from torch's global generator.
+    """
 
     #: Which DecoderTargets fields the decoder reads ("features", "tokens", "codes").
     needs: tuple[str, ...] = ()
 
-    def forward(self, slots: torch.Tensor, targets: DecoderTargets) -> DecoderOutput:  # pragma: no cover - abstract
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """The random numbers one training forward pass of ``batch_size`` uses (none: deterministic decoders)."""
+        return {}
+
+    def forward(
+        self, slots: torch.Tensor, targets: DecoderTargets, noise: dict[str, torch.Tensor] | None = None
+    ) -> DecoderOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -204,8 +204,16 @@ class DiffusionDecoder(SlotDecoder):
         noise_scale = self.sqrt_one_minus_alphas_cumprod[timesteps].to(x0.dtype)[:, None, None, None]
         return signal_scale * x0 + noise_scale * noise
 
-    def forward(self, slots: torch.Tensor, targets: DecoderTargets) -> DecoderOutput:
-        """Denoising loss at one random timestep per sample (torch's global RNG, so seeded runs repeat)."""
+    def draw_noise(self, batch_size: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """One training step's random numbers: a timestep per sample (B,) and Gaussian noise (B, D, h, w)."""
+        timesteps = torch.randint(0, self.timesteps, (batch_size,), generator=generator, device=device)
+        noise = torch.randn((batch_size, self.code_dim, *self.grid), generator=generator, device=device)
+        return {"timesteps": timesteps, "noise": noise}
+
+    def forward(
+        self, slots: torch.Tensor, targets: DecoderTargets, noise: dict[str, torch.Tensor] | None = None
+    ) -> DecoderOutput:
+        """Denoising loss at one random timestep per sample: ``noise`` from ``draw_noise``, or torch's global RNG."""
         codes = targets.codes
         if codes is None:
             raise ValueError("DiffusionDecoder needs targets.codes (B, h, w, D)")
@@ -215,12 +223,16 @@ class DiffusionDecoder(SlotDecoder):
                 f"got {tuple(codes.shape)}"
             )
         x0 = codes.permute(0, 3, 1, 2).to(self.sqrt_alphas_cumprod.dtype)  # (B, h, w, D) -> (B, D, h, w)
-        batch = x0.shape[0]
-        timesteps = torch.randint(0, self.timesteps, (batch,), device=x0.device)
-        noise = torch.randn_like(x0)
-        x_t = self.add_noise(x0, noise, timesteps)
+        drawn = self.draw_noise(x0.shape[0], None, x0.device) if noise is None else noise
+        timesteps, epsilon = drawn["timesteps"], drawn["noise"].to(x0.dtype)
+        if tuple(epsilon.shape) != tuple(x0.shape) or tuple(timesteps.shape) != (x0.shape[0],):
+            raise ValueError(
+                f"DiffusionDecoder noise must be timesteps ({x0.shape[0]},) and noise {tuple(x0.shape)}, "
+                f"got {tuple(timesteps.shape)} and {tuple(epsilon.shape)}"
+            )
+        x_t = self.add_noise(x0, epsilon, timesteps)
         predicted_noise = self.unet(x_t, timesteps, slots)
-        loss = F.mse_loss(predicted_noise.float(), noise.float())
+        loss = F.mse_loss(predicted_noise.float(), epsilon.float())
         return DecoderOutput(loss=loss, losses={"diffusion": loss}, masks=None, reconstruction=None)
 
     def sampling_timesteps(self, steps: int | None, device: torch.device) -> torch.Tensor:

@@ -80,7 +80,10 @@ class MlpDecoder(SlotDecoder):
         output = self.mlp(broadcast)  # (B, S, N, output_dim + 1)
         return output[..., :-1], output[..., -1]
 
-    def forward(self, slots: torch.Tensor, targets: DecoderTargets) -> DecoderOutput:
+    def forward(
+        self, slots: torch.Tensor, targets: DecoderTargets, noise: dict[str, torch.Tensor] | None = None
+    ) -> DecoderOutput:
+        """Deterministic: ``noise`` is unused (see SlotDecoder)."""
         predictions, alpha_logits = self.per_slot(slots)
         alpha = alpha_logits.float().softmax(dim=1)  # (B, S, N), sums to 1 over slots
         reconstruction = (alpha.unsqueeze(-1) * predictions.float()).sum(dim=1)  # (B, N, output_dim)

@@ -112,7 +112,10 @@ class TransformerDecoder(SlotDecoder):
             hidden = layer(hidden, memory, tgt_mask=self.causal_mask, tgt_is_causal=True)
         return self.readout(self.final_norm(hidden))
 
-    def forward(self, slots: torch.Tensor, targets: DecoderTargets) -> DecoderOutput:
+    def forward(
+        self, slots: torch.Tensor, targets: DecoderTargets, noise: dict[str, torch.Tensor] | None = None
+    ) -> DecoderOutput:
+        """Deterministic: ``noise`` is unused (see SlotDecoder)."""
         prediction = self.predict(slots, targets).float()
         sequence = self.sequence(targets)
         batch_size = prediction.shape[0]

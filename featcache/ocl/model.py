@@ -92,15 +92,28 @@ class OCLModel(nn.Module):
             )
         self.needs_tokens = any(name in ("tokens", "codes") for name in self.decoder.needs)
 
-    def aggregate(self, features: torch.Tensor) -> AggregatorOutput:
-        """features (B, h, w, C) -> slots (B, S, D) and attention (B, S, N)."""
+    def draw_noise(
+        self, batch_size: int, generator: torch.Generator | None, device: torch.device
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Every random number one forward pass of ``batch_size`` uses in the current mode, drawn from ``generator``.
+
+        Passing the result to ``forward(..., noise=...)`` makes a run's noise a function of its own generator
+        (resumable from its state, and batchable across seeds under vmap); the order of draws is fixed.
+        """
+        return {
+            "aggregator": self.aggregator.draw_noise(batch_size, generator, device),
+            "decoder": self.decoder.draw_noise(batch_size, generator, device),
+        }
+
+    def aggregate(self, features: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> AggregatorOutput:
+        """features (B, h, w, C) -> slots (B, S, D) and attention (B, S, N); ``noise``: the aggregator's draws or None."""
         height, width = self.grid
         if features.ndim != 4 or tuple(features.shape[1:]) != (height, width, self.feature_dim):
             raise FeatcacheError(
                 f"features must be (B, {height}, {width}, {self.feature_dim}), got {tuple(features.shape)}"
             )
         flat = features.float().flatten(1, 2)  # (B, h, w, C) -> (B, N, C)
-        return self.aggregator(self.projection(flat))
+        return self.aggregator(self.projection(flat), noise)
 
     def decoder_targets(self, features: torch.Tensor, tokens: torch.Tensor | None) -> DecoderTargets:
         """What the decoder reads: the features, plus tokens and their codebook vectors when it needs them."""
@@ -120,11 +133,17 @@ class OCLModel(nn.Module):
         codes = self.codebook[tokens] if "codes" in self.decoder.needs else None  # (B, h, w, D)
         return DecoderTargets(features=features.float(), tokens=tokens, codes=codes)
 
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor | None = None) -> OCLOutput:
-        """features (B, h, w, C), tokens (B, h, w) int or None -> loss, slots and masks."""
+    def forward(
+        self, features: torch.Tensor, tokens: torch.Tensor | None = None, noise: dict[str, dict[str, torch.Tensor]] | None = None
+    ) -> OCLOutput:
+        """features (B, h, w, C), tokens (B, h, w) int or None -> loss, slots and masks.
+
+        ``noise``: ``draw_noise``'s output for this batch; None draws any noise from torch's global generator.
+        """
+        noise = noise or {}
         targets = self.decoder_targets(features, tokens)
-        aggregated = self.aggregate(features)
-        decoded = self.decoder(aggregated.slots, targets)
+        aggregated = self.aggregate(features, noise.get("aggregator"))
+        decoded = self.decoder(aggregated.slots, targets, noise.get("decoder"))
         attention_masks = self._grid_masks(aggregated.attention)
         if self.config.mask_source == "decoder":
             if decoded.masks is None:

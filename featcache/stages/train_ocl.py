@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from featcache.config import from_dict, to_dict
 from featcache.console import error_console
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction.run import library_versions
-from featcache.ocl import OCLModel, OCLModelConfig
-from featcache.runtime import resolve_device, seed_everything
+from featcache.ocl import OCLModel, OCLModelConfig, OCLOutput
+from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.stages.evaluate import (
     MaskMetrics,
     Protocol,
@@ -56,6 +56,9 @@ class OCLTrainConfig:
     final_lr_ratio: float = 1e-3
     grad_clip: float = 1.0
     seed: int = 0
+    #: Seed of the batch order and the view choice; None = ``seed``. Sweeps fix it so seeds vary only the
+    #: model's initialisation and noise (and fused seeds can share one batch stream).
+    data_seed: int | None = None
     amp: bool = True
     log_every: int = 50
     #: Steps between validations (loss-free mask metrics on the validation store or held-in samples).
@@ -64,6 +67,11 @@ class OCLTrainConfig:
     validation_images: int = 64
     checkpoint_every: int = 1000
     loader: Literal["auto", "memory", "stream"] = "auto"
+
+
+def data_seed(config: OCLTrainConfig) -> int:
+    """The seed of the run's batch order and view choice (``data_seed``, else ``seed``)."""
+    return config.seed if config.data_seed is None else config.data_seed
 
 
 def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | None:
@@ -79,6 +87,64 @@ def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | Non
 
 def build_ocl_model(config: OCLTrainConfig, store: FeatureStore) -> OCLModel:
     return OCLModel(config.model, store.layout.channels, store.layout.grid, _codebook(store, config))
+
+
+def open_training_store(store_path: str | Path, config: OCLTrainConfig) -> tuple[FeatureStore, str]:
+    """The complete training store and the feature kind the run reads from it."""
+    store = FeatureStore(store_path)
+    store.require_complete()
+    return store, resolve_feature_kind(store, config.feature_kind)
+
+
+def build_seeded_model(config: OCLTrainConfig, store: FeatureStore, device: torch.device) -> OCLModel:
+    """The run's freshly initialised model: torch's generators are seeded with ``config.seed`` first."""
+    seed_everything(config.seed)
+    return build_ocl_model(config, store).to(device)
+
+
+def ocl_batches(store: FeatureStore, config: OCLTrainConfig, device: torch.device, feature_kind: str, online: bool) -> CachedBatches:
+    """The run's batch stream (cached, or recomputed from the images with ``online``), seeded with the data seed."""
+    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None, "seed": data_seed(config)}
+    if online:
+        return OnlineBatches(store, config.batch_size, device, feature_kind, False, **loader_kwargs)
+    return CachedBatches(store, config.batch_size, device, feature_kind, False, mode=config.loader, **loader_kwargs)
+
+
+def ocl_loss_terms(output: OCLOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss an OCL step minimises and the terms it logs (``loss_<name>`` columns of metrics.jsonl)."""
+    return output.loss, {**output.losses, "total": output.loss}
+
+
+def ocl_validator(
+    model: OCLModel,
+    validation: FeatureStore,
+    config: OCLTrainConfig,
+    feature_kind: str,
+    device: torch.device,
+) -> Callable[[], dict[str, Any]] | None:
+    """VVO-protocol mask metrics of ``model`` on the first validation images' centre view; None without masks."""
+    if not validation.has_masks:
+        return None
+    indices = validation.valid_indices()[: config.validation_images]
+
+    def validate() -> dict[str, Any]:
+        metrics, _ = evaluate_masks(_predictor(model), validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
+        return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
+
+    return validate
+
+
+def ocl_run_info(store: FeatureStore, config: OCLTrainConfig, feature_kind: str, online: bool, device: torch.device) -> dict[str, Any]:
+    """Provenance written to run.json: the store and token set trained on, the device and library versions."""
+    return {
+        "stage": "ocl",
+        "created": utc_now(),
+        "store": store_summary_for_run(store, feature_kind),
+        "tokens": store.token_attributes(config.tokens) if config.tokens else None,
+        "online": online,
+        "device": str(device),
+        "versions": library_versions(),
+    }
 
 
 def _predictor(model: OCLModel) -> Any:
@@ -101,47 +167,27 @@ def train_ocl(
     show_progress: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train an OCL model on ``store_path``; ``stop_after`` ends early (tests, benchmarks)."""
+    """Train an OCL model on ``store_path``; ``stop_after`` ends early (tests, benchmarks).
+
+    Model noise (slot noise, diffusion timesteps and noise) comes from the run's own generator
+    (``featcache.runtime.noise_generator(seed)``), so a fused-seed run (featcache.training.fused) equals this one.
+    """
     run_dir = Path(out)
     prepare_run_folder(run_dir, to_dict(config), resume)
     target_device = resolve_device(device)
-    store = FeatureStore(store_path)
-    store.require_complete()
-    feature_kind = resolve_feature_kind(store, config.feature_kind)
-    seed_everything(config.seed)
-    model = build_ocl_model(config, store).to(target_device)
+    store, feature_kind = open_training_store(store_path, config)
+    model = build_seeded_model(config, store, target_device)
+    generator = noise_generator(config.seed, target_device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None}
-    if online:
-        batches: CachedBatches = OnlineBatches(store, config.batch_size, target_device, feature_kind, False, seed=config.seed, **loader_kwargs)
-    else:
-        batches = CachedBatches(store, config.batch_size, target_device, feature_kind, False, seed=config.seed, mode=config.loader, **loader_kwargs)
-    start_step = restore(run_dir, model, optimizer, batches) if resume else 0
+    batches = ocl_batches(store, config, target_device, feature_kind, online)
+    start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
     end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
 
     def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        output = model(batch.features, batch.tokens)
-        return output.loss, {**output.losses, "total": output.loss}
+        noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
+        return ocl_loss_terms(model(batch.features, batch.tokens, noise))
 
     validation = FeatureStore(validation_store) if validation_store else store
-    validation_indices = validation.valid_indices()[: config.validation_images]
-
-    def validate() -> dict[str, Any]:
-        """VVO-protocol mask metrics of the centre view (on the training store unless a validation store is given)."""
-        metrics, _ = evaluate_masks(
-            _predictor(model), validation, validation_indices, get_protocol("vvo"), feature_kind, config.tokens or None, target_device
-        )
-        return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
-
-    run_info = {
-        "stage": "ocl",
-        "created": utc_now(),
-        "store": store_summary_for_run(store, feature_kind),
-        "tokens": store.token_attributes(config.tokens) if config.tokens else None,
-        "online": online,
-        "device": str(target_device),
-        "versions": library_versions(),
-    }
     try:
         loop = train_loop(
             model=model,
@@ -151,14 +197,15 @@ def train_ocl(
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
-            run_info=run_info,
+            run_info=ocl_run_info(store, config, feature_kind, online, target_device),
             step_loss=step_loss,
             start_step=start_step,
             end_step=end_step,
             description="train-ocl" + (" (online)" if online else ""),
-            validate=validate if validation.has_masks else None,
+            validate=ocl_validator(model, validation, config, feature_kind, target_device),
             validate_every=config.validate_every,
             show_progress=show_progress,
+            noise_generator=generator,
         )
     finally:
         batches.close()

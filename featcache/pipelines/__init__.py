@@ -1,0 +1,19 @@
+"""Declarative pipelines: a YAML list of stages run in order, skipping what is done (``featcache run``)."""
+
+from featcache.pipelines.runner import PipelineResult, plan_pipeline, print_pipeline_result, run_pipeline, run_quickstart
+from featcache.pipelines.spec import Pipeline, StageSpec, load_pipeline, shipped_pipeline
+from featcache.pipelines.stages import STAGE_KINDS, StageKind
+
+__all__ = [
+    "STAGE_KINDS",
+    "Pipeline",
+    "PipelineResult",
+    "StageKind",
+    "StageSpec",
+    "load_pipeline",
+    "plan_pipeline",
+    "print_pipeline_result",
+    "run_pipeline",
+    "run_quickstart",
+    "shipped_pipeline",
+]

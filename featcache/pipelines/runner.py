@@ -1,0 +1,280 @@
+"""Run a loaded pipeline: skip what is done, set aside what is stale, resume what was interrupted.
+
+Each stage's fingerprint is the sha256 of its kind, its params (runtime-only ones left out; named configs
+by their resolved values) and its upstream stages' fingerprints. A finished stage leaves a record
+``<workdir>/.stages/<name>.json`` (fingerprint, params, input file hashes, outputs, upstream run ids,
+times, versions). A stage is done when its record matches, its upstream records are the ones it ran
+against, and its outputs exist; otherwise it runs, and so does everything downstream of it. A stage
+that was interrupted or failed (record ``running`` or ``failed`` with the same fingerprint) resumes through
+its own resume (extraction and tokenizing by unit, training from its last checkpoint, sweeps by run). Outputs of an earlier run with
+other inputs are moved to ``<output>.stale-<time>`` (or rewritten in place for eval and analyses);
+outputs the pipeline did not write are never touched: the run refuses before any stage starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from rich.table import Table
+
+from featcache.config import to_dict
+from featcache.console import console, error_console
+from featcache.encoders.weights import file_sha256
+from featcache.errors import FeatcacheError
+from featcache.extraction.run import library_versions
+from featcache.pipelines.spec import Pipeline, StageSpec, load_pipeline, shipped_pipeline
+from featcache.pipelines.stages import file_hashes
+from featcache.store.writer import utc_now
+
+RECORDS_FOLDER = ".stages"
+STATUS_FILE = "pipeline.json"
+Decision = Literal["done", "run", "resume"]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What the runner will do with one stage, and why."""
+
+    stage: StageSpec
+    fingerprint: str
+    decision: Decision
+    reason: str
+    #: Outputs of this pipeline's earlier run of the stage that must be set aside before it runs again.
+    stale: tuple[str, ...] = ()
+
+
+@dataclass
+class StageOutcome:
+    """One row of the status table."""
+
+    name: str
+    kind: str
+    status: str  # done | ran | failed | skipped | would run | would resume
+    reason: str
+    seconds: float | None = None
+    note: str = ""
+
+
+@dataclass
+class PipelineResult:
+    pipeline: Pipeline
+    rows: list[StageOutcome] = field(default_factory=list)
+    #: The first failing stage's one-line error, or None.
+    error: str | None = None
+    dry_run: bool = False
+
+    @property
+    def ran(self) -> list[str]:
+        return [row.name for row in self.rows if row.status == "ran"]
+
+    def output(self, stage: str, name: str) -> str:
+        return self.pipeline.stage(stage).outputs[name]
+
+
+def record_path(pipeline: Pipeline, stage: str) -> Path:
+    return pipeline.workdir / RECORDS_FOLDER / f"{stage}.json"
+
+
+def read_record(pipeline: Pipeline, stage: str) -> dict[str, Any] | None:
+    path = record_path(pipeline, stage)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise FeatcacheError(f"stage record {path} is not valid JSON; delete it (and the stage's outputs) to run the stage again") from None
+
+
+def _write_record(pipeline: Pipeline, stage: str, record: dict[str, Any]) -> None:
+    path = record_path(pipeline, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def fingerprint_data(stage: StageSpec, upstream: dict[str, str]) -> dict[str, Any]:
+    return {"kind": stage.kind, "params": stage.stage_kind.fingerprint_data(stage.params), "upstream": upstream}
+
+
+def fingerprints(pipeline: Pipeline) -> dict[str, str]:
+    """Every stage's fingerprint (needs come first in ``pipeline.stages``)."""
+    found: dict[str, str] = {}
+    for stage in pipeline.stages:
+        data = fingerprint_data(stage, {name: found[name] for name in stage.needs})
+        found[stage.name] = hashlib.sha256(_canonical(data).encode()).hexdigest()
+    return found
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two fingerprinted param dicts (for the reason column)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [key for name in keys for key in _changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePlan]:
+    """Decide for every stage: done, run or resume; refuses outputs the pipeline did not write."""
+    force = list(force)
+    for name in force:
+        pipeline.stage(name)  # unknown name: one-line error listing the stages
+    stage_fingerprints = fingerprints(pipeline)
+    plans: list[StagePlan] = []
+    runs: set[str] = set()
+    for stage in pipeline.stages:
+        kind = stage.stage_kind
+        record = read_record(pipeline, stage.name)
+        fingerprint = stage_fingerprints[stage.name]
+        owned = kind.owned(stage.params)
+        ours = record is not None and record.get("owned") == owned
+        upstream_runs = {name: (read_record(pipeline, name) or {}).get("run_id") for name in stage.needs}
+        decision: Decision = "run"
+        if stage.name in force:
+            reason = "forced"
+        elif rerun := [name for name in stage.needs if name in runs]:
+            reason = f"upstream {', '.join(rerun[:3])}{f' (+{len(rerun) - 3} more)' if len(rerun) > 3 else ''} runs"
+        elif record is None:
+            reason = "new"
+        elif record.get("fingerprint") != fingerprint:
+            new_data = fingerprint_data(stage, {name: stage_fingerprints[name] for name in stage.needs})
+            changed = _changed_keys(record.get("fingerprinted", {}), new_data)
+            reason = "changed: " + (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") if changed else "inputs")
+        elif record.get("upstream_runs") != upstream_runs:
+            reason = "upstream re-ran since"
+        elif record.get("status") in ("running", "failed"):
+            decision, reason = "resume", f"{'interrupted' if record['status'] == 'running' else 'failed'}: resumes"
+        elif not kind.outputs_exist(stage.params):
+            reason = "outputs missing"
+        else:
+            decision, reason = "done", f"up to date (ran {record.get('finished', '?')})"
+        existing = [path for path in owned if Path(path).exists()]
+        if decision != "done" and existing and not ours and not kind.adopts_existing:
+            raise FeatcacheError(
+                f"stage {stage.name!r} ({stage.kind}) would write {existing[0]}, which exists and was not written by this pipeline "
+                f"(no record in {record_path(pipeline, stage.name).parent}); move it away or set {stage.name}.out to another path"
+            )
+        stale = tuple(existing) if decision == "run" and ours and kind.replace == "move" else ()
+        if decision != "done":
+            runs.add(stage.name)
+        plans.append(StagePlan(stage, fingerprint, decision, reason, stale))
+    return plans
+
+
+def _set_aside(paths: tuple[str, ...], stage: str) -> None:
+    """Move a stage's own earlier outputs to ``<path>.stale-<time>`` (never deleted: the user decides)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for path in paths:
+        if not Path(path).exists():
+            continue  # inside an output an upstream stage has just set aside (a token set in a replaced store)
+        target, count = f"{path}.stale-{stamp}", 1
+        while Path(target).exists():
+            target, count = f"{path}.stale-{stamp}-{count}", count + 1
+        os.replace(path, target)
+        error_console.print(f"[yellow]stage {stage!r}[/]: its inputs changed; moved its earlier output {path} to {target}")
+
+
+def run_pipeline(pipeline: Pipeline, force: Iterable[str] = (), dry_run: bool = False, show_progress: bool = True) -> PipelineResult:
+    """Run the stages that are not done, in order; stops at the first failing stage (its error in ``result.error``)."""
+    plans = plan_pipeline(pipeline, force)
+    stage_fingerprints = {plan.stage.name: plan.fingerprint for plan in plans}
+    result = PipelineResult(pipeline, dry_run=dry_run)
+    started = utc_now()
+    for position, plan in enumerate(plans):
+        stage = plan.stage
+        record = read_record(pipeline, stage.name) or {}
+        if plan.decision == "done":
+            result.rows.append(StageOutcome(stage.name, stage.kind, "done", plan.reason, None, record.get("note", "")))
+            continue
+        if dry_run or result.error is not None:
+            status = f"would {plan.decision}" if dry_run else "skipped"
+            result.rows.append(StageOutcome(stage.name, stage.kind, status, plan.reason if dry_run else "an earlier stage failed"))
+            continue
+        error_console.rule(f"[bold]{pipeline.name}[/] stage {position + 1}/{len(plans)}: {stage.name} ({stage.kind}) - {plan.reason}")
+        _set_aside(plan.stale, stage.name)
+        kind = stage.stage_kind
+        record = {
+            "stage": stage.name,
+            "kind": stage.kind,
+            "pipeline": {"name": pipeline.name, "file": str(pipeline.path)},
+            "status": "running",
+            "fingerprint": plan.fingerprint,
+            "fingerprinted": fingerprint_data(stage, {name: stage_fingerprints[name] for name in stage.needs}),
+            "run_id": uuid.uuid4().hex,
+            "upstream_runs": {name: read_record(pipeline, name)["run_id"] for name in stage.needs},  # type: ignore[index]
+            "params": to_dict(stage.params),
+            "input_files": file_hashes(kind.input_files(stage.params)),
+            "outputs": stage.outputs,
+            "owned": kind.owned(stage.params),
+            "started": utc_now(),
+            "versions": library_versions(),
+        }
+        _write_record(pipeline, stage.name, record)
+        began, began_cpu = time.perf_counter(), time.process_time()
+        try:
+            note = kind.run(stage.params, resume=plan.decision == "resume", show_progress=show_progress)
+        except FeatcacheError as error:
+            seconds = time.perf_counter() - began
+            # A failed stage resumes like an interrupted one when run again with the same inputs.
+            _write_record(pipeline, stage.name, {**record, "status": "failed", "error": str(error), "seconds": seconds})
+            result.error = f"stage {stage.name!r} ({stage.kind}) failed: {error}"
+            result.rows.append(StageOutcome(stage.name, stage.kind, "failed", plan.reason, seconds, str(error)))
+            continue
+        seconds = time.perf_counter() - began
+        timing = {"seconds": seconds, "cpu_seconds": time.process_time() - began_cpu}  # CPU of this process (not dask workers)
+        _write_record(pipeline, stage.name, {**record, "status": "done", "finished": utc_now(), **timing, "note": note})
+        result.rows.append(StageOutcome(stage.name, stage.kind, "ran", plan.reason, seconds, note))
+    if not dry_run:
+        _write_status(result, started)
+    return result
+
+
+def _write_status(result: PipelineResult, started: str) -> None:
+    """``<workdir>/pipeline.json``: the last invocation's table, with the pipeline file's hash."""
+    pipeline = result.pipeline
+    status = {
+        "pipeline": pipeline.name,
+        "file": str(pipeline.path),
+        "file_sha256": file_sha256(pipeline.path),
+        "workdir": str(pipeline.workdir),
+        "started": started,
+        "finished": utc_now(),
+        "error": result.error,
+        "stages": [asdict(row) for row in result.rows],
+        "versions": library_versions(),
+    }
+    pipeline.workdir.mkdir(parents=True, exist_ok=True)
+    (pipeline.workdir / STATUS_FILE).write_text(json.dumps(status, indent=2, default=str))
+
+
+STATUS_STYLES = {"done": "green", "ran": "bold green", "failed": "bold red", "skipped": "dim", "would run": "yellow", "would resume": "yellow"}
+
+
+def print_pipeline_result(result: PipelineResult) -> None:
+    """The status table: one row per stage with status, why, seconds and what it did."""
+    pipeline = result.pipeline
+    title = f"pipeline {pipeline.name} ({pipeline.workdir})" + (" - dry run" if result.dry_run else "")
+    table = Table(title=title, title_justify="left")
+    for column in ("stage", "kind", "status", "why", "seconds", "result"):
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
+    for row in result.rows:
+        style = STATUS_STYLES.get(row.status, "")
+        seconds = "-" if row.seconds is None else f"{row.seconds:.1f}"
+        table.add_row(row.name, row.kind, f"[{style}]{row.status}[/]" if style else row.status, row.reason, seconds, row.note)
+    console.print(table)
+
+
+def run_quickstart(out: str | Path | None = None, overrides: list[str] | None = None, show_progress: bool = True) -> PipelineResult:
+    """Run the shipped ``pipelines/quickstart.yaml`` with ``out`` as its workdir (``featcache quickstart``)."""
+    return run_pipeline(load_pipeline(shipped_pipeline("quickstart"), overrides, out), show_progress=show_progress)

@@ -1,0 +1,73 @@
+"""`featcache report`: Markdown + static HTML with the summary values, charts, loss curves, masks and provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featcache.errors import FeatcacheError
+from featcache.sweeps import run_sweep, write_report
+from featcache.sweeps.report import mean_loss_curve
+from featcache.sweeps.results import format_mean_std
+from test_cli import run_cli  # the CLI test helper: main() with its one-line errors and exit codes
+from test_sweep import OCL, tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny runs
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory, ocl_store: Path) -> Path:
+    """Two seeds of a working configuration and of one that fails when its model is built."""
+    root = tmp_path_factory.mktemp("report")
+    spec = tiny_spec(root, ocl_store, seeds=2, cases=[
+        {"name": "good", "base": [str(OCL / "dinosaur-mlp.yaml")]},
+        {"name": "broken", "base": [str(OCL / "vvo-tfd.yaml")], "set": {"model.mask_source": "decoder"}},
+    ])
+    run_sweep(spec, out=root / "sweep", device="cpu", show_progress=False)
+    return root / "sweep"
+
+
+def test_report_holds_the_summary_values_charts_and_masks(sweep_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    path = write_report(sweep_dir, out)
+    markdown, page = path.read_text(), (out / "report.html").read_text()
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    good = summary["configurations"][0]
+    assert good["config_id"] == "good" and good["n_ok"] == 2 and good["metrics"]["fg_ari"]["std"] is not None
+    for metric in ("fg_ari", "ari", "mbo", "miou"):
+        value = format_mean_std(good["metrics"][metric])
+        assert f"{good['metrics'][metric]['mean']:.4f} ± {good['metrics'][metric]['std']:.4f}" == value
+        assert value in markdown and value in page
+        assert Image.open(out / f"{metric}.png").size[0] > 100 and f"({metric}.png)" in markdown and f'src="{metric}.png"' in page
+    assert "| good |" in markdown and "| 2/0 |" in markdown and "| 0/2 |" in markdown
+    assert "RANDOMLY INITIALISED dino2-s14" in markdown and 'class="warning"' in page
+    assert "broken seed 0: ConfigError: mask_source 'decoder' needs a decoder with masks" in markdown
+    rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    first = sweep_dir / rows[0]["run_dir"] / rows[0]["eval_dir"] / "masks.png"
+    assert (out / "masks" / "good.png").read_bytes() == first.read_bytes() and not (out / "masks" / "broken.png").exists()
+    assert Image.open(out / "loss_curves.png").size[0] > 100
+    assert "http" not in page.replace("http-equiv", "") and "<script" not in page and "<link" not in page  # no external assets
+
+
+def test_loss_curve_is_the_mean_over_seeds_of_loss_total(sweep_dir: Path) -> None:
+    runs = [sweep_dir / "runs" / "good" / f"seed{seed}" for seed in (0, 1)]
+    logs: list[list[dict[str, Any]]] = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in runs]
+    curve = mean_loss_curve(runs)
+    assert curve is not None
+    steps, losses = curve
+    assert steps.tolist() == [row["step"] for row in logs[0]] == [1, 2, 4]
+    np.testing.assert_allclose(losses, [(a["loss_total"] + b["loss_total"]) / 2 for a, b in zip(*logs)])
+
+
+def test_report_cli_and_a_folder_that_is_not_a_sweep(
+    sweep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = run_cli(monkeypatch, capsys, "report", str(sweep_dir), "--out", str(tmp_path / "r"))
+    assert code == 0 and (tmp_path / "r" / "report.html").is_file() and "report.md" in stdout
+    with pytest.raises(FeatcacheError, match=r"has no sweep.json; expected a folder written by `featcache sweep`"):
+        write_report(tmp_path, tmp_path / "r2")
