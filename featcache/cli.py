@@ -26,6 +26,13 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(analyze_app, name="analyze")
 
 
+def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+    """Write a benchmark's figures to ``path`` when given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     if issubclass(category, RandomWeightsWarning):
         error_console.print(f"[bold yellow]WARNING[/]: {message}")
@@ -307,18 +314,6 @@ def encoders() -> None:
     print_encoders()
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("demo"), help="Folder for the demo's data and store."),
-    images: int = typer.Option(64, help="Synthetic images."),
-    resolution: int = typer.Option(112, help="Model input side (small, so the demo runs in a minute on CPU)."),
-) -> None:
-    """The embedded default pipeline: synthetic scenes -> extraction (random weights, no download) -> info."""
-    from featcache.demo import run_demo
-
-    run_demo(out, images=images, resolution=resolution)
-
-
 @bench_app.command("extract")
 def bench_extract(
     images: int = typer.Option(96, help="Images to extract (each gives 2 views)."),
@@ -333,9 +328,7 @@ def bench_extract(
 
     result = run_extract_benchmark(work_dir, images=images, resolution=resolution, batch_size=batch_size, vfm=vfm)
     print_extract_benchmark(result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    _write_json(json_out, result)
 
 
 @bench_app.command("vq")
@@ -354,9 +347,7 @@ def bench_vq(
 
     result = run_vq_benchmark(work_dir, config, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
     print_vq_benchmark(result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    _write_json(json_out, result)
 
 
 @bench_app.command("ocl")
@@ -375,31 +366,27 @@ def bench_ocl(
 
     result = run_ocl_benchmark(work_dir, configs, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
     print_ocl_benchmark(result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    _write_json(json_out, result)
 
 
-@bench_app.command("fused")
-def bench_fused(
-    configs: Path = typer.Option(Path("configs/ocl"), help="Folder with the OCL configs (vvo-tfd, dinosaur-mlp, tiny)."),
-    seeds: int = typer.Option(3, help="Seeds trained fused on one side, one after another on the other."),
+@bench_app.command("sweep")
+def bench_sweep(
+    configs: Path = typer.Option(Path("configs/ocl"), help="Folder with the OCL configs (its ../ablations holds decoders-tiny.yaml)."),
+    seeds: int = typer.Option(3, help="Seeds per decoder."),
     images: int = typer.Option(64, help="Synthetic images extracted into the benchmark store."),
     resolution: int = typer.Option(224, help="VFM input side."),
-    steps: int = typer.Option(10, help="Training steps per round and side."),
+    steps: int = typer.Option(20, help="Training steps per run."),
     rounds: int = typer.Option(2, help="Alternating rounds; the best of each side counts."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    work_dir: Path = typer.Option(Path("cache/bench-fused"), help="Scratch folder (re-created)."),
+    work_dir: Path = typer.Option(Path("cache/bench-sweep"), help="Scratch folder."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Wall time of N seeds trained fused (shared batches, one vmap-ed model) vs one after another, same run."""
-    from featcache.bench.fused import print_fused_benchmark, run_fused_benchmark
+    """Wall time of the tiny decoder sweep with seeds one after another, fused, and online, same run."""
+    from featcache.bench.sweep import print_sweep_benchmark, run_sweep_benchmark
 
-    result = run_fused_benchmark(work_dir, configs, seeds=seeds, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
-    print_fused_benchmark(result)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+    result = run_sweep_benchmark(work_dir, configs, seeds=seeds, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
+    print_sweep_benchmark(result)
+    _write_json(json_out, result)
 
 
 @app.command("run")

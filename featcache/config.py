@@ -108,18 +108,26 @@ def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=3", "name=x"]`` into a nested dict; values are parsed as YAML scalars/lists."""
-    nested: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        flat[dotted.strip()] = yaml.safe_load(raw) if raw != "" else ""
+    return nest_keys(flat)
+
+
+def nest_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> the nested mapping :func:`merge` takes (later keys win)."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
         node = nested
-        parts = dotted.strip().split(".")
+        parts = dotted.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r} conflicts with the override of {part!r} = {child!r}")
+            node = child
         node[parts[-1]] = value
     return nested
 

@@ -1,4 +1,4 @@
-"""The command line: thin wrappers with one-line errors, info output, and the embedded demo pipeline."""
+"""The command line: thin wrappers with one-line errors and info output (the quickstart pipeline: test_pipelines.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from featcache.cli import main
-from featcache.demo import run_demo
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -71,13 +70,6 @@ def test_encoders_lists_the_registry(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert code == 0
     for name in ("dino2-s14", "dino2-b14", "dino2-s14-reg4", "sam2-t16"):
         assert name in out
-
-
-def test_demo_runs_the_embedded_pipeline(tmp_path: Path) -> None:
-    store = run_demo(tmp_path / "demo", images=6, resolution=28, vq_steps=20)
-    from featcache.store import FeatureStore
-
-    assert FeatureStore(store, warn_random=False).completeness().complete
 
 
 def test_vq_commands_from_the_cli(tmp_path: Path, shapes_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

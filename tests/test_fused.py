@@ -196,17 +196,21 @@ def test_dropout_of_an_unused_decoder_does_not_block_fusing() -> None:
     assert dropout_keys(replace(config, model=replace(config.model, projection_dropout=0.2))) == ["model.projection_dropout"]
 
 
-def test_benchmark_sides_train_the_same_runs(ocl_store: Path, tmp_path: Path) -> None:
-    """One tiny round of `featcache bench fused`: both sides write the same seeds' runs; figures are consistent."""
-    from featcache.bench.fused import fused_versus_separate
+def test_sweep_benchmark_sides_train_the_same_runs(ocl_store: Path, tmp_path: Path) -> None:
+    """One tiny round of `featcache bench sweep`: the fused side's runs equal the sequential side's; figures add up."""
+    from featcache.bench.sweep import time_sweep_sides
+    from featcache.config import repo_root
 
-    configs = seed_configs("dinosaur-mlp", seeds=(0, 1), steps=2, validate_every=0, checkpoint_every=2, log_every=2)
-    figures = fused_versus_separate(ocl_store, configs, tmp_path, rounds=1, device="cpu")
-    assert figures["speedup"] == pytest.approx(figures["separate_seconds"] / figures["fused_seconds"])
-    assert 0 < figures["fused_loop_seconds"] <= figures["fused_seconds"] and 0 < figures["separate_loop_seconds"] <= figures["separate_seconds"]
-    assert figures["fused_samples_per_second"] == pytest.approx(2 * 2 * 8 / figures["fused_loop_seconds"])
-    for seed in (0, 1):
-        assert_same_weights(tmp_path / "round-0" / f"fused-seed{seed}", tmp_path / "round-0" / f"separate-seed{seed}", atol=1e-5)
+    spec_file = repo_root() / "configs" / "ablations" / "decoders-tiny.yaml"
+    figures = time_sweep_sides(spec_file, ocl_store, tmp_path, seeds=2, steps=2, rounds=1, device="cpu", eval_images=4)
+    assert figures["runs"] == 4
+    seconds = figures["seconds"]
+    assert figures["sequential_over_fused"] == pytest.approx(seconds["sequential"] / seconds["fused"])
+    assert figures["online_over_cached"] == pytest.approx(seconds["online"] / seconds["sequential"])
+    for case in ("dinosaur-mlp", "vvo-tfd"):
+        for seed in (0, 1):
+            sequential, fused = (tmp_path / "round-0" / side / "runs" / case / f"seed{seed}" for side in ("sequential", "fused"))
+            assert_same_weights(sequential, fused, atol=1e-5)
 
 
 def test_explicit_noise_replaces_the_global_generator() -> None:

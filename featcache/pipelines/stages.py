@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from featcache.config import flatten_keys, load_config, merge, to_dict
+from featcache.config import flatten_keys, load_config, merge, nest_keys, to_dict
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.registry import Registry
 
@@ -27,8 +27,6 @@ def _config_list(paths: ConfigPaths) -> list[str]:
 
 def typed_config(cls: type, paths: ConfigPaths, values: dict[str, Any]) -> Any:
     """``cls`` defaults, the config file(s) in order, then the stage's ``set`` values (unknown keys fail)."""
-    from featcache.sweeps.spec import nest_keys
-
     config = load_config(cls, _config_list(paths))
     return merge(config, nest_keys(flatten_keys(values))) if values else config
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache.config import flatten_keys, load_config, merge, parse_overrides, to_dict
+from featcache.config import flatten_keys, load_config, merge, nest_keys, parse_overrides, to_dict
 from featcache.errors import ConfigError
 from featcache.stages.train_ocl import OCLTrainConfig
 
@@ -112,21 +112,6 @@ class PlannedRun:
     @property
     def overrides(self) -> dict[str, Any]:
         return {**self.configuration.overrides, "seed": self.seed}
-
-
-def nest_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys -> the nested mapping :func:`featcache.config.merge` takes (later keys win)."""
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = nested
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {dotted!r} conflicts with the override of {part!r} = {child!r}")
-            node = child
-        node[parts[-1]] = value
-    return nested
 
 
 def config_sha(config: OCLTrainConfig) -> str:
@@ -299,6 +284,5 @@ __all__ = [
     "expand_configurations",
     "expand_runs",
     "load_sweep_spec",
-    "nest_keys",
     "resolve_seeds",
 ]
