@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from featcache.config import flatten_keys, load_config, merge, nest_keys, to_dict
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.registry import Registry
+
+if TYPE_CHECKING:
+    from featcache.training.loop import TrainResult
 
 #: One config file or several layered in order (e.g. a method config, then ``configs/ocl/tiny.yaml``).
 ConfigPaths = Union[str, list[str], None]
@@ -37,7 +40,7 @@ def _require(params: Any, *names: str) -> None:
             raise ConfigError(f"param {name!r} is required")
 
 
-def _training_note(result: Any) -> str:
+def _training_note(result: "TrainResult") -> str:
     loss = result.last_row.get("loss_total")
     loss_text = f", loss {loss:.4g}" if isinstance(loss, float) else ""
     return f"{result.steps} steps, {result.samples_per_second:.1f} samples/s{loss_text}"
@@ -215,39 +218,57 @@ class TrainVQParams:
     device: str = "auto"
 
 
-class TrainVQKind(StageKind):
-    name = "train-vq"
-    params_type = TrainVQParams
-    input_paths = ("store",)
+class TrainingKind(StageKind):
+    """A stage that trains a run folder from a store with a typed, layered config (train-vq, train-ocl)."""
+
+    input_paths: tuple[str, ...] = ("store",)
     config_paths = ("config",)
 
-    def config(self, params: TrainVQParams) -> Any:
-        from featcache.stages.train_vq import VQTrainConfig
+    def config_class(self) -> type:
+        raise NotImplementedError
 
-        return typed_config(VQTrainConfig, params.config, params.set)
+    def config(self, params: Any) -> Any:
+        return typed_config(self.config_class(), params.config, params.set)
 
-    def validate(self, params: TrainVQParams) -> None:
+    def validate(self, params: Any) -> None:
         _require(params, "store")
         self.config(params)
 
-    def outputs(self, params: TrainVQParams) -> dict[str, str]:
+    def outputs(self, params: Any) -> dict[str, str]:
         return {"run": params.out}
 
-    def fingerprint_data(self, params: TrainVQParams) -> dict[str, Any]:
-        return {"store": params.store, "online": params.online, "config": to_dict(self.config(params))}
+    def fingerprint_data(self, params: Any) -> dict[str, Any]:
+        inputs = {name: getattr(params, name) for name in self.input_paths}
+        return {**inputs, "online": params.online, "config": to_dict(self.config(params))}
 
-    def input_files(self, params: TrainVQParams) -> list[str]:
+    def input_files(self, params: Any) -> list[str]:
         return _config_list(params.config)
 
-    def run(self, params: TrainVQParams, resume: bool, show_progress: bool) -> str:
-        from featcache.stages.train_vq import train_vq
+    def train(self, params: Any, resume: bool, show_progress: bool) -> TrainResult:
+        raise NotImplementedError
+
+    def run(self, params: Any, resume: bool, show_progress: bool) -> str:
         from featcache.training.checkpoint import CONFIG_NAME
 
         resume = resume and (Path(params.out) / CONFIG_NAME).is_file()
-        result = train_vq(
+        return _training_note(self.train(params, resume, show_progress))
+
+
+class TrainVQKind(TrainingKind):
+    name = "train-vq"
+    params_type = TrainVQParams
+
+    def config_class(self) -> type:
+        from featcache.stages.train_vq import VQTrainConfig
+
+        return VQTrainConfig
+
+    def train(self, params: TrainVQParams, resume: bool, show_progress: bool) -> TrainResult:
+        from featcache.stages.train_vq import train_vq
+
+        return train_vq(
             params.store, self.config(params), params.out, device=params.device, resume=resume, online=params.online, show_progress=show_progress
         )
-        return _training_note(result)
 
 
 # ----------------------------------------------------------------------------- tokenize
@@ -311,36 +332,20 @@ class TrainOCLParams:
     device: str = "auto"
 
 
-class TrainOCLKind(StageKind):
+class TrainOCLKind(TrainingKind):
     name = "train-ocl"
     params_type = TrainOCLParams
     input_paths = ("store", "val_store")
-    config_paths = ("config",)
 
-    def config(self, params: TrainOCLParams) -> Any:
+    def config_class(self) -> type:
         from featcache.stages.train_ocl import OCLTrainConfig
 
-        return typed_config(OCLTrainConfig, params.config, params.set)
+        return OCLTrainConfig
 
-    def validate(self, params: TrainOCLParams) -> None:
-        _require(params, "store")
-        self.config(params)
-
-    def outputs(self, params: TrainOCLParams) -> dict[str, str]:
-        return {"run": params.out}
-
-    def fingerprint_data(self, params: TrainOCLParams) -> dict[str, Any]:
-        return {"store": params.store, "val_store": params.val_store, "online": params.online, "config": to_dict(self.config(params))}
-
-    def input_files(self, params: TrainOCLParams) -> list[str]:
-        return _config_list(params.config)
-
-    def run(self, params: TrainOCLParams, resume: bool, show_progress: bool) -> str:
+    def train(self, params: TrainOCLParams, resume: bool, show_progress: bool) -> TrainResult:
         from featcache.stages.train_ocl import train_ocl
-        from featcache.training.checkpoint import CONFIG_NAME
 
-        resume = resume and (Path(params.out) / CONFIG_NAME).is_file()
-        result = train_ocl(
+        return train_ocl(
             params.store,
             self.config(params),
             params.out,
@@ -350,7 +355,6 @@ class TrainOCLKind(StageKind):
             validation_store=params.val_store,
             show_progress=show_progress,
         )
-        return _training_note(result)
 
 
 # ----------------------------------------------------------------------------- eval
