@@ -57,14 +57,21 @@ def _load(sweep_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[st
 
 
 def bar_chart(configurations: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    """Mean of ``metric`` per configuration with sample-std error bars (configurations without results are left out)."""
+    """Mean of ``metric`` per configuration with sample-std error bars, and the per-image kMeans baseline's mean as a red mark
+    when evaluated (configurations without results are left out)."""
     shown = [c for c in configurations if c["metrics"].get(metric, {}).get("mean") is not None]
 
     def draw(axes: Any) -> None:
         positions = np.arange(len(shown))
         means = [c["metrics"][metric]["mean"] for c in shown]
         errors = [c["metrics"][metric]["std"] or 0.0 for c in shown]
-        axes.bar(positions, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+        axes.bar(positions, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8, label="model")
+        # The per-image kMeans baseline on the same features (when the sweep evaluated it): a marker per bar.
+        baseline = [c["metrics"].get(f"kmeans_{metric}", {}).get("mean") for c in shown]
+        if any(value is not None for value in baseline):
+            marked = [(p, v) for p, v in zip(positions, baseline) if v is not None]
+            axes.scatter([p for p, _ in marked], [v for _, v in marked], marker="_", s=900, color="tab:red", zorder=3, label="per-image kMeans")
+            axes.legend(fontsize=8)
         axes.set_xticks(positions, [c["config_id"] for c in shown], rotation=30, ha="right", fontsize=8)
         axes.set_ylabel(metric_label(metric))
         axes.set_title(f"{metric_label(metric)} (mean ± std over seeds)")
