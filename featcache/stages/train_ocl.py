@@ -128,7 +128,7 @@ def ocl_validator(
     indices = validation.valid_indices()[: config.validation_images]
 
     def validate() -> dict[str, Any]:
-        metrics, _ = evaluate_masks(_predictor(model), validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
+        metrics, _ = evaluate_masks(model.predict_masks, validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
         return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
 
     return validate
@@ -145,15 +145,6 @@ def ocl_run_info(store: FeatureStore, config: OCLTrainConfig, feature_kind: str,
         "device": str(device),
         "versions": library_versions(),
     }
-
-
-def _predictor(model: OCLModel) -> Any:
-    """features, tokens -> (B, S, h, w) masks of the configured mask source, in eval mode."""
-
-    def predict(features: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        return model(features, tokens).masks
-
-    return predict
 
 
 def train_ocl(
@@ -255,7 +246,7 @@ def evaluate_run(
     feature_kind = info["store"]["feature_kind"]
     indices = store.valid_indices()[:limit] if limit else store.valid_indices()
     metrics, examples = evaluate_masks(
-        _predictor(model), store, indices, protocol, feature_kind, config.tokens or None, target_device, view, batch_size, show_progress
+        model.predict_masks, store, indices, protocol, feature_kind, config.tokens or None, target_device, view, batch_size, show_progress
     )
     result: dict[str, Any] = {
         "run": str(run_dir),
