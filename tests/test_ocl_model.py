@@ -254,3 +254,20 @@ def test_a_few_adam_steps_reduce_the_loss() -> None:
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.65 * first, (first, last)  # measured 0.36-0.45 over seeds
+
+
+def test_soft_input_position_lets_identical_features_attend_by_position() -> None:
+    torch.manual_seed(5)
+    features = torch.randn(1, 1, 1, FEATURES).expand(2, *GRID, FEATURES)  # the same feature at every patch
+    without = OCLModel(tiny_model_config("mlp", "features"), FEATURES, GRID).eval()
+    attention = without.aggregate(features).attention  # (B, S, N)
+    torch.testing.assert_close(attention, attention[..., :1].expand_as(attention))  # no position: all patches alike
+    with_position = OCLModel(tiny_model_config("mlp", "features", input_position="soft"), FEATURES, GRID).eval()
+    embedding = with_position.input_position
+    assert embedding is not None
+    corners = embedding.coordinates[0, [0, GRID[1] - 1, -1]]  # top-left, top-right, bottom-right: (y, x, 1-y, 1-x)
+    torch.testing.assert_close(corners, torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]))
+    attention = with_position.aggregate(features).attention
+    assert (attention - attention[..., :1]).abs().max() > 1e-3  # patches now differ by where they are
+    assert "input_position.linear.weight" in with_position.state_dict()
+    assert "input_position.coordinates" not in with_position.state_dict()  # fixed buffer, not saved

@@ -36,6 +36,10 @@ class OCLModelConfig:
     #: ``mlp``: Linear(C, hidden) - Dropout - Linear(hidden, slot_dim), no activation (VVO-Tfd/Dfz);
     #: ``layernorm_mlp``: LayerNorm(C) - Linear - ReLU - Dropout - Linear (DINOSAUR, VVO-Mlp).
     projection: Literal["mlp", "layernorm_mlp"] = "mlp"
+    #: ``none``: the VFM features carry position (pretrained DINOv2/SAM2); ``soft``: add Slot Attention's soft
+    #: position embedding (a learned linear map of the patch's grid coordinates) to the aggregator input, for
+    #: features without position, such as those of randomly initialised VFMs (see the README, "OCL quality").
+    input_position: Literal["none", "soft"] = "none"
     #: Object masks for evaluation: slot-attention maps, or the decoder's own masks (mlp decoder only).
     mask_source: Literal["attention", "decoder"] = "attention"
 

@@ -34,7 +34,7 @@ class OCLOutput:
 
 
 def build_projection(config: OCLModelConfig, feature_dim: int, slot_dim: int) -> nn.Sequential:
-    """Map VFM channels C to the slot width (no positional encoding: the VFM features carry position)."""
+    """Map VFM channels C to the slot width (position comes from the features, or from ``input_position``)."""
     if config.projection == "layernorm_mlp":
         return nn.Sequential(
             nn.LayerNorm(feature_dim),
@@ -48,6 +48,25 @@ def build_projection(config: OCLModelConfig, feature_dim: int, slot_dim: int) ->
         nn.Dropout(config.projection_dropout),
         nn.Linear(config.projection_hidden, slot_dim),
     )
+
+
+class SoftPositionEmbedding(nn.Module):
+    """Slot Attention's soft position embedding: adds Linear(4, D) of each patch's (y, x, 1 - y, 1 - x) in [0, 1].
+
+    Used when the features themselves carry no position; the coordinates are a fixed buffer (not saved).
+    """
+
+    def __init__(self, grid: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        height, width = grid
+        rows, columns = torch.meshgrid(torch.linspace(0.0, 1.0, height), torch.linspace(0.0, 1.0, width), indexing="ij")
+        coordinates = torch.stack([rows, columns, 1.0 - rows, 1.0 - columns], dim=-1)  # (h, w, 4)
+        self.register_buffer("coordinates", coordinates.reshape(1, height * width, 4), persistent=False)  # (1, N, 4)
+        self.linear = nn.Linear(4, dim)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs (B, N, D) -> inputs plus the embedding of their positions (B, N, D)."""
+        return inputs + self.linear(self.coordinates).to(inputs.dtype)
 
 
 class OCLModel(nn.Module):
@@ -72,6 +91,7 @@ class OCLModel(nn.Module):
         slot_dim = config.aggregator.slot_dim
         decoder_config = config.decoder
         self.projection = build_projection(config, feature_dim, slot_dim)
+        self.input_position = SoftPositionEmbedding(self.grid, slot_dim) if config.input_position == "soft" else None
         self.aggregator = create_aggregator(config.aggregator, input_dim=slot_dim)
         if codebook is not None:
             if codebook.ndim != 2:
@@ -113,7 +133,10 @@ class OCLModel(nn.Module):
                 f"features must be (B, {height}, {width}, {self.feature_dim}), got {tuple(features.shape)}"
             )
         flat = features.float().flatten(1, 2)  # (B, h, w, C) -> (B, N, C)
-        return self.aggregator(self.projection(flat), noise)
+        inputs = self.projection(flat)  # (B, N, D)
+        if self.input_position is not None:
+            inputs = self.input_position(inputs)
+        return self.aggregator(inputs, noise)
 
     def decoder_targets(self, features: torch.Tensor, tokens: torch.Tensor | None) -> DecoderTargets:
         """What the decoder reads: the features, plus tokens and their codebook vectors when it needs them."""
