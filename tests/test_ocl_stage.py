@@ -37,9 +37,14 @@ def store(ocl_store: Path) -> Path:
     return ocl_store
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem != "tiny"), ids=lambda p: p.stem)
+#: Layer presets: not runnable alone, layered after every method config.
+PRESETS = ("tiny", "random-vfm")
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS), ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, tmp_path: Path) -> None:
-    for layers in ([path], [path, CONFIGS / "tiny.yaml"]):
+    tiny, random_vfm = (CONFIGS / f"{name}.yaml" for name in PRESETS)
+    for layers in ([path], [path, tiny], [path, tiny, random_vfm]):
         config = replace(load_config(OCLTrainConfig, layers), steps=1, batch_size=2, validate_every=0, loader="memory")
         result = train_ocl(store, config, tmp_path / f"run-{len(layers)}", device="cpu", show_progress=False)
         assert result.steps == 1 and np.isfinite(result.first_losses[0])
