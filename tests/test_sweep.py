@@ -127,6 +127,17 @@ def test_bad_specs_fail_in_one_line_naming_the_file(fields: dict[str, Any], over
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
+SHIPPED_SPECS = sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda path: path.stem)
+def test_every_shipped_sweep_spec_loads_and_expands(path: Path) -> None:
+    """Every spec in configs/ablations/ resolves its layered configs and overrides into at least one run."""
+    spec = load_sweep_spec(path)
+    runs = expand_runs(spec)
+    assert runs and all(run.config.seed == run.seed for run in runs)
+
+
 def test_store_tokens_and_scheduler_are_checked_before_any_run(tmp_path: Path, ocl_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     with pytest.raises(StoreError, match=r"store: store .*missing.zarr does not exist"):
