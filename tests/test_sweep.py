@@ -132,10 +132,20 @@ SHIPPED_SPECS = sorted((Path(__file__).parent.parent / "configs" / "ablations").
 
 @pytest.mark.parametrize("path", SHIPPED_SPECS, ids=lambda path: path.stem)
 def test_every_shipped_sweep_spec_loads_and_expands(path: Path) -> None:
-    """Every spec in configs/ablations/ resolves its layered configs and overrides into at least one run."""
+    """Every spec in configs/ablations/ resolves its layered configs and overrides (a bad key raises) into runs."""
     spec = load_sweep_spec(path)
+    assert expand_runs(spec)
+
+
+def test_shapes_quality_spec_layers_the_method_before_the_presets() -> None:
+    """The case's vvo-tfd.yaml comes first, then tiny.yaml and random-vfm.yaml, then the spec's overrides."""
+    spec = load_sweep_spec(Path(__file__).parent.parent / "configs" / "ablations" / "shapes-quality.yaml")
     runs = expand_runs(spec)
-    assert runs and all(run.config.seed == run.seed for run in runs)
+    assert [run.seed for run in runs] == [0, 1, 2]
+    config = runs[0].config
+    assert (config.model.decoder.name, config.model.aggregator.name, config.tokens) == ("tfd", "bo_qsa", "vvo-c256")
+    assert config.model.aggregator.slot_dim == 64 and config.model.decoder.tfd.dim == 64  # tiny, not the paper's 256
+    assert config.model.input_position == "soft" and config.model.aggregator.num_slots == 7 and config.steps == 900
 
 
 def test_store_tokens_and_scheduler_are_checked_before_any_run(tmp_path: Path, ocl_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
