@@ -238,11 +238,13 @@ def eval_command(
     baseline: bool = typer.Option(False, "--baseline", help="Also score per-image kMeans on the same features."),
     out: Optional[Path] = typer.Option(None, help="Output folder for eval.json and masks.png."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    masks: Optional[str] = typer.Option(None, help="attention | decoder: masks to score (default: the run's mask_source)."),
 ) -> None:
     """ARI, FG-ARI, mBO, mIoU (Hungarian) with the protocol recorded; rich table, JSON and a PNG grid."""
     from featcache.stages.train_ocl import evaluate_run, print_evaluation
 
-    result = evaluate_run(run, store, protocol_name=protocol, view=view, limit=limit, baseline=baseline, out=out, device=device)
+    result = evaluate_run(run, store, protocol_name=protocol, view=view, limit=limit, baseline=baseline, out=out, device=device,
+                          mask_source=masks)
     print_evaluation(result)
 
 

@@ -90,11 +90,11 @@ def assert_same_rows(first: list[dict[str, float]], second: list[dict[str, float
 
 @pytest.mark.parametrize(
     ("method", "seeds", "overrides"),
-    [("dinosaur-mlp", SEEDS, []), ("dinosaur-mlp-sa", (0, 1, 2), []), ("vvo-tfd", SEEDS, ["model.input_position=soft"]), ("vvo-dfz-sa", SEEDS, [])],
+    [("dinosaur-mlp", SEEDS, []), ("dinosaur-mlp-sa", (0, 1, 2), []), ("vvo-tfd", SEEDS, ["model.input_position=soft", "model.decoder.tfd.orders=9"]), ("vvo-dfz-sa", SEEDS, [])],
 )
 def test_fused_seeds_equal_separate_runs(method: str, seeds: tuple[int, ...], overrides: list[str], ocl_store: Path, tmp_path: Path) -> None:
-    """BO-QSA (deterministic), Slot Attention (slot noise), token cross-entropy with the input position embedding,
-    diffusion (timesteps and noise)."""
+    """BO-QSA (deterministic), Slot Attention (slot noise), token cross-entropy with the input position embedding
+    and SPOT's nine token orders (an order per sample), diffusion (timesteps and noise)."""
     configs = seed_configs(method, seeds, overrides)
     fused_dirs = [tmp_path / f"fused-{seed}" for seed in seeds]
     results = train_ocl_fused_seeds(ocl_store, configs, fused_dirs, device="cpu", show_progress=False)

@@ -20,6 +20,7 @@ from featcache.decoders import (
     TransformerDecoderConfig,
     create_decoder,
 )
+from featcache.decoders.transformer import DecoderLayer, token_orders
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.ocl import OCLModel, OCLModelConfig
 from featcache.ocl.config import AggregatorConfig
@@ -98,37 +99,109 @@ def tiny_tfd(target: str = "tokens") -> TransformerDecoder:
     return decoder.eval()
 
 
-def test_tfd_is_causal() -> None:
-    decoder = tiny_tfd()
+def tiny_tfd_with_orders(orders: int) -> TransformerDecoder:
+    torch.manual_seed(3)
+    config = DecoderConfig(name="tfd", target="tokens", tfd=merge(TINY_TFD, {"orders": orders}))
+    decoder = create_decoder(config, SLOT_DIM, GRID, FEATURES, codebook_size=CODES)
+    assert isinstance(decoder, TransformerDecoder)
+    return decoder.eval()
+
+
+def test_token_orders_are_the_raster_column_corner_and_spiral_permutations() -> None:
+    orders = token_orders((3, 4), 9)  # raster indices of a 3 x 4 grid: rows 0-3, 4-7, 8-11
+    assert orders[0].tolist() == list(range(12))
+    assert orders[1].tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]  # column-major from the top-left
+    assert orders[2].tolist() == list(range(11, -1, -1))  # raster from the bottom-right
+    assert orders[4].tolist() == [3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8]  # row-major from the top-right
+    assert orders[8].tolist() == [0, 1, 2, 3, 7, 11, 10, 9, 8, 4, 5, 6]  # clockwise spiral
+    assert len({tuple(order.tolist()) for order in orders}) == 9
+    assert all(sorted(order.tolist()) == list(range(12)) for order in orders)
+    assert torch.equal(token_orders((3, 4), 2), orders[:2])
+    with pytest.raises(ConfigError, match="decoder.tfd.orders' must lie in 1..9, got 10"):
+        TransformerDecoderConfig(orders=10)
+
+
+@pytest.mark.parametrize("order", range(9))
+def test_tfd_is_causal_in_its_reading_order(order: int) -> None:
+    decoder = tiny_tfd_with_orders(9)
+    reading = decoder.orders[order]  # (N,) raster index read at each step
     slots = torch.randn(1, 3, SLOT_DIM)
     _, tokens = random_batch(batch=1)
     flat = tokens.flatten()
+    chosen = torch.tensor([order])
     with torch.no_grad():
-        logits = decoder.predict(slots, DecoderTargets(tokens=tokens))  # (1, N, K)
-        for position in (0, 5, 15):
+        logits, _ = decoder.predict(slots, DecoderTargets(tokens=tokens), chosen)  # (1, N, K) in raster order
+        for step in (0, 5, 15):
             changed = flat.clone()
-            changed[position] = (changed[position] + 1) % CODES
-            changed_logits = decoder.predict(slots, DecoderTargets(tokens=changed.reshape(tokens.shape)))
-            # Position t predicts token t from tokens < t: positions 0..t must not move, t + 1 must.
-            torch.testing.assert_close(changed_logits[:, : position + 1], logits[:, : position + 1])
-            if position + 1 < flat.numel():
-                assert not torch.allclose(changed_logits[:, position + 1], logits[:, position + 1])
+            changed[reading[step]] = (changed[reading[step]] + 1) % CODES
+            changed_logits, _ = decoder.predict(slots, DecoderTargets(tokens=changed.reshape(tokens.shape)), chosen)
+            # The prediction read at step t sees the tokens read before t: steps 0..t must not move, t + 1 must.
+            seen = reading[: step + 1]
+            torch.testing.assert_close(changed_logits[:, seen], logits[:, seen])
+            if step + 1 < flat.numel():
+                assert not torch.allclose(changed_logits[:, reading[step + 1]], logits[:, reading[step + 1]])
 
 
-def test_tfd_loss_is_cross_entropy_of_its_logits_and_uses_the_slots() -> None:
+def test_tfd_with_one_order_reads_raster_and_training_draws_orders_per_sample() -> None:
+    single = tiny_tfd()
+    assert single.orders.tolist() == [list(range(16))] and single.draw_noise(4, None, torch.device("cpu")) == {}
+    decoder = tiny_tfd_with_orders(9).train()
+    generator = torch.Generator().manual_seed(0)
+    drawn = decoder.draw_noise(64, generator, torch.device("cpu"))["order"]
+    assert drawn.shape == (64,) and set(drawn.tolist()) == set(range(9))
+    slots = torch.randn(2, 3, SLOT_DIM)
+    _, tokens = random_batch()
+    targets = DecoderTargets(tokens=tokens)
+    order = torch.tensor([1, 8])
+    output = decoder(slots, targets, {"order": order})
+    logits, _ = decoder.predict(slots, targets, order)
+    torch.testing.assert_close(output.loss, F.cross_entropy(logits.reshape(-1, CODES), tokens.reshape(-1)))
+    raster_logits, _ = decoder.predict(slots, targets, torch.tensor([0, 0]))
+    assert not torch.allclose(raster_logits, logits)  # other orders see other context (and another BOS)
+    assert decoder.eval().draw_noise(4, generator, torch.device("cpu")) == {}  # evaluation reads raster
+
+
+def test_tfd_layers_load_torch_decoder_layer_weights_and_match_it() -> None:
+    """Old checkpoints (nn.TransformerDecoderLayer) load into DecoderLayer and compute the same function."""
+    torch.manual_seed(4)
+    reference = torch.nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    layer = DecoderLayer(16, 2, 32, 0.0)
+    layer.load_state_dict(reference.state_dict())
+    hidden, memory = torch.randn(2, 9, 16), torch.randn(2, 3, 16)
+    causal = torch.ones(9, 9, dtype=torch.bool).triu(diagonal=1)
+    output, attention = layer(hidden, memory, causal, return_attention=True)
+    torch.testing.assert_close(output, reference(hidden, memory, tgt_mask=causal, tgt_is_causal=True))
+    assert attention is not None and attention.shape == (2, 9, 3)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(2, 9))
+
+
+def test_tfd_loss_is_cross_entropy_of_its_logits_and_masks_are_its_last_cross_attention() -> None:
     decoder = tiny_tfd()
     slots = torch.randn(2, 3, SLOT_DIM)
     _, tokens = random_batch()
     targets = DecoderTargets(tokens=tokens)
     output = decoder(slots, targets)
-    logits = decoder.predict(slots, targets)
+    logits, attention = decoder.predict(slots, targets)  # (B, N, K), (B, N, S)
     expected = F.cross_entropy(logits.reshape(-1, CODES), tokens.reshape(-1))
     torch.testing.assert_close(output.loss, expected)
     torch.testing.assert_close(output.losses["cross_entropy"], expected)
-    assert output.masks is None
+    assert output.masks is not None and output.masks.shape == (2, 3, *GRID)
+    torch.testing.assert_close(output.masks, attention.transpose(1, 2).reshape(2, 3, *GRID))
+    torch.testing.assert_close(output.masks.sum(dim=1), torch.ones(2, *GRID))
+    # The masks are the softmax over slots of the last layer's queries against the projected slots.
+    last = decoder.layers[-1]
+    captured: dict[str, torch.Tensor] = {}
+    hook = last.multihead_attn.register_forward_hook(lambda module, inputs, result: captured.update(query=inputs[0], key=inputs[1]))
+    decoder(slots, targets)
+    hook.remove()
+    weight, bias = last.multihead_attn.in_proj_weight, last.multihead_attn.in_proj_bias
+    query = F.linear(captured["query"], weight[:16], bias[:16]).reshape(2, 16, 2, 8).transpose(1, 2)  # (B, heads, N, 8)
+    key = F.linear(captured["key"], weight[16:32], bias[16:32]).reshape(2, 3, 2, 8).transpose(1, 2)  # (B, heads, S, 8)
+    by_hand = (query @ key.transpose(-1, -2) / 8**0.5).softmax(dim=-1).mean(dim=1)  # (B, N, S)
+    torch.testing.assert_close(output.masks, by_hand.transpose(1, 2).reshape(2, 3, *GRID))
     assert output.reconstruction is not None and output.reconstruction.shape == (2, *GRID)
     with torch.no_grad():
-        other = decoder.predict(torch.randn(2, 3, SLOT_DIM), targets)
+        other, _ = decoder.predict(torch.randn(2, 3, SLOT_DIM), targets)
     assert not torch.allclose(other, logits)
 
 
@@ -138,7 +211,7 @@ def test_tfd_features_target_is_mse() -> None:
     features, _ = random_batch()
     slots = torch.randn(2, 3, SLOT_DIM)
     output = decoder(slots, DecoderTargets(features=features))
-    prediction = decoder.predict(slots, DecoderTargets(features=features))
+    prediction, _ = decoder.predict(slots, DecoderTargets(features=features))
     torch.testing.assert_close(output.loss, F.mse_loss(prediction, features.flatten(1, 2)))
 
 
@@ -161,9 +234,16 @@ def test_unknown_decoder_lists_the_valid_names() -> None:
 
 
 def test_mask_source_decoder_needs_a_decoder_with_masks() -> None:
-    config = tiny_model_config("tfd", "tokens", mask_source="decoder")
-    with pytest.raises(ConfigError, match="mask_source 'decoder' needs a decoder with masks; decoder tfd has none"):
+    config = tiny_model_config("dfz", "codes", mask_source="decoder")
+    with pytest.raises(ConfigError, match="mask_source 'decoder' needs a decoder with masks; decoder dfz has none"):
         OCLModel(config, FEATURES, GRID, torch.randn(CODES, CODE_DIM))
+    torch.manual_seed(5)
+    model = OCLModel(tiny_model_config("tfd", "tokens", mask_source="decoder"), FEATURES, GRID, torch.randn(CODES, CODE_DIM))
+    features, tokens = random_batch()
+    output = model(features, tokens)
+    assert output.decoder_masks is not None and output.masks is output.decoder_masks
+    model.eval()
+    torch.testing.assert_close(model.predict_masks(features, tokens), model(features, tokens).decoder_masks)
 
 
 def test_missing_tokens_and_codebook_fail_in_one_line() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 import zarr
 from safetensors.torch import load_file
 from sklearn.metrics import adjusted_rand_score
+from typer.testing import CliRunner
 
+from featcache.cli import app
 from featcache.config import load_config
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.errors import ConfigError, FeatcacheError
@@ -50,8 +53,9 @@ def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, t
         assert result.steps == 1 and np.isfinite(result.first_losses[0])
 
 
-def test_same_seed_same_weights_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
-    config = tiny_config("vvo-tfd")
+@pytest.mark.parametrize("method", ["vvo-tfd", "spot-tfd9"])  # spot-tfd9 draws an order per sample
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(method: str, store: Path, tmp_path: Path) -> None:
+    config = tiny_config(method)
     train_ocl(store, config, tmp_path / "a", device="cpu", show_progress=False)
     train_ocl(store, config, tmp_path / "b", device="cpu", show_progress=False, stop_after=10)
     train_ocl(store, config, tmp_path / "b", device="cpu", show_progress=False, resume=True)
@@ -105,6 +109,34 @@ def test_eval_metrics_match_sklearn_and_record_the_protocol(store: Path, tmp_pat
     vvo = evaluate_run(run, protocol_name="vvo", device="cpu", out=tmp_path / "eval-vvo", show_progress=False)
     assert vvo["metrics"]["ari"] == pytest.approx(result["metrics"]["ari"])
     assert vvo["metrics"]["mbo"] != pytest.approx(result["metrics"]["mbo"])  # background counted or not
+
+
+def test_eval_scores_the_tfd_decoder_masks_on_request(store: Path, tmp_path: Path) -> None:
+    """`featcache eval --masks decoder` on a Tfd run (trained with attention masks): its last cross-attention,
+    fed the store's tokens, scored with scikit-learn; the attention evaluation is kept beside it."""
+    run = tmp_path / "run"
+    train_ocl(store, tiny_config("vvo-tfd9", steps=4, validate_every=0), run, device="cpu", show_progress=False)
+    outcome = CliRunner().invoke(app, ["eval", str(run), "--masks", "decoder", "--device", "cpu"])
+    assert outcome.exit_code == 0, outcome.output
+    written = json.loads((run / f"eval-{Path(store).stem}-vvo-decoder-masks" / "eval.json").read_text())
+    assert written["protocol"]["mask_source"] == "decoder"
+    reader = FeatureStore(store, warn_random=False)
+    model, config, info = load_ocl_run(run, reader, torch.device("cpu"))
+    indices = reader.valid_indices()
+    features = torch.from_numpy(reader.features(indices, view="center", kind=info["store"]["feature_kind"]))
+    tokens = torch.from_numpy(reader.tokens(config.tokens, indices, view="center").astype(np.int64))
+    decoder_masks = model(features, tokens).decoder_masks  # eval mode: raster order, no noise
+    assert decoder_masks is not None
+    predicted = labels_from_patch_masks(decoder_masks, 32)
+    true = reader.masks(indices, view="center").astype(np.int64)
+    scores = [adjusted_rand_score(t[t > 0], p[t > 0]) for t, p in zip(true, predicted) if (t > 0).any()]
+    assert written["metrics"]["fg_ari"] == pytest.approx(np.mean(scores), abs=1e-9)
+    attention = evaluate_run(run, device="cpu", show_progress=False)
+    assert attention["protocol"]["mask_source"] == "attention" and Path(attention["output"]).name == f"eval-{Path(store).stem}-vvo"
+    diffusion_run = tmp_path / "diffusion"
+    train_ocl(store, tiny_config("vvo-dfz", steps=1, validate_every=0), diffusion_run, device="cpu", show_progress=False)
+    with pytest.raises(ConfigError, match="mask_source 'decoder' needs a decoder with masks; decoder dfz has none"):
+        evaluate_run(diffusion_run, device="cpu", show_progress=False, mask_source="decoder")
 
 
 def test_video_stores_pool_ari_over_each_clip(tmp_path: Path, ocl_extract_config: ExtractConfig) -> None:

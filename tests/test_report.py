@@ -26,7 +26,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory, ocl_store: Path) -> Path
     root = tmp_path_factory.mktemp("report")
     spec = tiny_spec(root, ocl_store, seeds=2, cases=[
         {"name": "good", "base": [str(OCL / "dinosaur-mlp.yaml")]},
-        {"name": "broken", "base": [str(OCL / "vvo-tfd.yaml")], "set": {"model.mask_source": "decoder"}},
+        {"name": "broken", "base": [str(OCL / "vvo-dfz.yaml")], "set": {"model.mask_source": "decoder"}},
     ])
     run_sweep(spec, out=root / "sweep", device="cpu", show_progress=False)
     return root / "sweep"

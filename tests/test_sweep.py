@@ -138,14 +138,15 @@ def test_every_shipped_sweep_spec_loads_and_expands(path: Path) -> None:
 
 
 def test_shapes_quality_spec_layers_the_method_before_the_presets() -> None:
-    """The case's vvo-tfd.yaml comes first, then tiny.yaml and random-vfm.yaml, then the spec's overrides."""
+    """The case's spot-tfd9.yaml comes first, then tiny.yaml and random-vfm.yaml, then the spec's overrides."""
     spec = load_sweep_spec(Path(__file__).parent.parent / "configs" / "ablations" / "shapes-quality.yaml")
     runs = expand_runs(spec)
     assert [run.seed for run in runs] == [0, 1, 2]
     config = runs[0].config
-    assert (config.model.decoder.name, config.model.aggregator.name, config.tokens) == ("tfd", "bo_qsa", "vvo-c256")
-    assert config.model.aggregator.slot_dim == 64 and config.model.decoder.tfd.dim == 64  # tiny, not the paper's 256
-    assert config.model.input_position == "soft" and config.model.aggregator.num_slots == 7 and config.steps == 900
+    decoder = config.model.decoder
+    assert (decoder.name, decoder.target, decoder.tfd.orders, config.model.aggregator.name, config.tokens) == ("tfd", "features", 9, "bo_qsa", "")
+    assert config.model.aggregator.slot_dim == 64 and decoder.tfd.dim == 64  # tiny, not the paper's 256
+    assert config.model.input_position == "soft" and config.model.aggregator.num_slots == 7 and config.steps == 1800
 
 
 def test_store_tokens_and_scheduler_are_checked_before_any_run(tmp_path: Path, ocl_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +233,7 @@ def test_a_failing_configuration_is_recorded_and_the_others_finish(
     """Tfd has no decoder masks: mask_source=decoder passes the config checks and fails when the model is built."""
     path = write_spec(tmp_path, cases=[
         {"name": "good", "base": [str(OCL / "dinosaur-mlp.yaml")]},
-        {"name": "broken", "base": [str(OCL / "vvo-tfd.yaml")], "set": {"model.mask_source": "decoder"}},
+        {"name": "broken", "base": [str(OCL / "vvo-dfz.yaml")], "set": {"model.mask_source": "decoder"}},
     ])
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(monkeypatch, capsys, "sweep", str(path), "--set", f"store={ocl_store}", "--out", str(out), "--device", "cpu")

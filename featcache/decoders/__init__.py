@@ -3,7 +3,8 @@
 Decoder names and the targets each accepts:
 
 - ``mlp`` (DINOSAUR / VVO-Mlp): ``features`` or ``codes+features``; returns masks (its alphas).
-- ``tfd`` (VVO-Tfd, auto-regressive Transformer): ``tokens`` or ``features``; no masks.
+- ``tfd`` (VVO-Tfd, auto-regressive Transformer): ``tokens`` or ``features``; returns masks (its last
+  cross-attention to the slots, SPOT's decoder masks).
 - ``dfz`` (VVO-Dfz, conditional diffusion on the code map): ``codes``; no masks.
 
 ``dfz`` lives in :mod:`featcache.decoders.diffusion` and is imported only when built.

@@ -40,7 +40,8 @@ class OCLModelConfig:
     #: position embedding (a learned linear map of the patch's grid coordinates) to the aggregator input, for
     #: features without position, such as those of randomly initialised VFMs (see the README, "OCL quality").
     input_position: Literal["none", "soft"] = "none"
-    #: Object masks for evaluation: slot-attention maps, or the decoder's own masks (mlp decoder only).
+    #: Object masks for evaluation: slot-attention maps, or the decoder's own masks (mlp: its alphas; tfd: its last
+    #: cross-attention to the slots; dfz has none).
     mask_source: Literal["attention", "decoder"] = "attention"
 
     def __post_init__(self) -> None:

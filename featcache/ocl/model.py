@@ -6,7 +6,7 @@ targets, the cached token indices (B, h, w); quantized codes are looked up in th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -105,12 +105,22 @@ class OCLModel(nn.Module):
                 "pass the quantizer's codebook (K, D)"
             )
         self.decoder = create_decoder(decoder_config, slot_dim, self.grid, feature_dim, codebook_size, code_dim)
-        if config.mask_source == "decoder" and not getattr(self.decoder, "returns_masks", False):
+        self._check_mask_source(config.mask_source)
+        self.needs_tokens = any(name in ("tokens", "codes") for name in self.decoder.needs)
+
+    def _check_mask_source(self, mask_source: str) -> None:
+        if mask_source == "decoder" and not getattr(self.decoder, "returns_masks", False):
             raise ConfigError(
-                f"mask_source 'decoder' needs a decoder with masks; decoder {decoder_config.name} has none "
+                f"mask_source 'decoder' needs a decoder with masks; decoder {self.config.decoder.name} has none "
                 "(use mask_source: attention)"
             )
-        self.needs_tokens = any(name in ("tokens", "codes") for name in self.decoder.needs)
+
+    def use_mask_source(self, mask_source: str) -> None:
+        """Score the other masks of the same trained model (``attention`` or ``decoder``); weights are unchanged."""
+        if mask_source not in ("attention", "decoder"):
+            raise ConfigError(f"mask source must be 'attention' or 'decoder', got {mask_source!r}")
+        self._check_mask_source(mask_source)
+        self.config = replace(self.config, mask_source=mask_source)
 
     def draw_noise(
         self, batch_size: int, generator: torch.Generator | None, device: torch.device

@@ -235,13 +235,21 @@ def evaluate_run(
     baseline: bool = False,
     out: str | Path | None = None,
     show_progress: bool = True,
+    mask_source: str | None = None,
 ) -> dict[str, Any]:
-    """Score a run's masks on a store (default: the store it was trained on); writes eval JSON and a PNG grid."""
+    """Score a run's masks on a store (default: the store it was trained on); writes eval JSON and a PNG grid.
+
+    ``mask_source`` (``attention`` | ``decoder``) scores other masks than the run's config names; the default
+    output folder then says so, so both evaluations of one run are kept.
+    """
     run_dir = Path(run_dir)
     _, info = read_run(run_dir)
     store = FeatureStore(store_path or info["store"]["path"])
     target_device = resolve_device(device)
     model, config, info = load_ocl_run(run_dir, store, target_device)
+    overridden = mask_source is not None and mask_source != config.model.mask_source
+    if overridden:
+        model.use_mask_source(mask_source)  # type: ignore[arg-type]
     protocol = get_protocol(protocol_name)
     feature_kind = info["store"]["feature_kind"]
     indices = store.valid_indices()[:limit] if limit else store.valid_indices()
@@ -255,7 +263,7 @@ def evaluate_run(
         "view": view,
         "protocol": {
             "name": protocol.name,
-            "mask_source": config.model.mask_source,
+            "mask_source": model.config.mask_source,
             "resolution": store.layout.mask_size,
             "background_in_mbo_miou": protocol.count_background,
             "ignore_label": protocol.ignore_label,
@@ -267,7 +275,7 @@ def evaluate_run(
     }
     if baseline:
         result["kmeans_baseline"] = kmeans_baseline_metrics(store, indices, feature_kind, view, protocol)
-    out_dir = Path(out) if out else run_dir / f"eval-{store.path.stem}-{protocol.name}"
+    out_dir = Path(out) if out else run_dir / (f"eval-{store.path.stem}-{protocol.name}" + (f"-{mask_source}-masks" if overridden else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=float))
     if store.has_images:
