@@ -86,23 +86,15 @@ def test_mlp_codes_plus_features_sums_both_losses() -> None:
     torch.testing.assert_close(output.loss, code_loss + feature_loss)
 
 
-def tiny_tfd(target: str = "tokens") -> TransformerDecoder:
+def tiny_tfd(target: str = "tokens", orders: int = 1) -> TransformerDecoder:
     torch.manual_seed(2)
     decoder = create_decoder(
-        DecoderConfig(name="tfd", target=target, tfd=TINY_TFD),  # type: ignore[arg-type]
+        DecoderConfig(name="tfd", target=target, tfd=merge(TINY_TFD, {"orders": orders})),  # type: ignore[arg-type]
         SLOT_DIM,
         GRID,
         FEATURES,
         codebook_size=CODES,
     )
-    assert isinstance(decoder, TransformerDecoder)
-    return decoder.eval()
-
-
-def tiny_tfd_with_orders(orders: int) -> TransformerDecoder:
-    torch.manual_seed(3)
-    config = DecoderConfig(name="tfd", target="tokens", tfd=merge(TINY_TFD, {"orders": orders}))
-    decoder = create_decoder(config, SLOT_DIM, GRID, FEATURES, codebook_size=CODES)
     assert isinstance(decoder, TransformerDecoder)
     return decoder.eval()
 
@@ -123,7 +115,7 @@ def test_token_orders_are_the_raster_column_corner_and_spiral_permutations() -> 
 
 @pytest.mark.parametrize("order", range(9))
 def test_tfd_is_causal_in_its_reading_order(order: int) -> None:
-    decoder = tiny_tfd_with_orders(9)
+    decoder = tiny_tfd(orders=9)
     reading = decoder.orders[order]  # (N,) raster index read at each step
     slots = torch.randn(1, 3, SLOT_DIM)
     _, tokens = random_batch(batch=1)
@@ -145,7 +137,7 @@ def test_tfd_is_causal_in_its_reading_order(order: int) -> None:
 def test_tfd_with_one_order_reads_raster_and_training_draws_orders_per_sample() -> None:
     single = tiny_tfd()
     assert single.orders.tolist() == [list(range(16))] and single.draw_noise(4, None, torch.device("cpu")) == {}
-    decoder = tiny_tfd_with_orders(9).train()
+    decoder = tiny_tfd(orders=9).train()
     generator = torch.Generator().manual_seed(0)
     drawn = decoder.draw_noise(64, generator, torch.device("cpu"))["order"]
     assert drawn.shape == (64,) and set(drawn.tolist()) == set(range(9))
@@ -156,8 +148,11 @@ def test_tfd_with_one_order_reads_raster_and_training_draws_orders_per_sample() 
     output = decoder(slots, targets, {"order": order})
     logits, _ = decoder.predict(slots, targets, order)
     torch.testing.assert_close(output.loss, F.cross_entropy(logits.reshape(-1, CODES), tokens.reshape(-1)))
-    raster_logits, _ = decoder.predict(slots, targets, torch.tensor([0, 0]))
+    raster_logits, raster_attention = decoder.predict(slots, targets, torch.tensor([0, 0]))
     assert not torch.allclose(raster_logits, logits)  # other orders see other context (and another BOS)
+    unpermuted_logits, unpermuted_attention = decoder.predict(slots, targets)  # None = raster, without permuting
+    torch.testing.assert_close(unpermuted_logits, raster_logits)
+    torch.testing.assert_close(unpermuted_attention, raster_attention)
     assert decoder.eval().draw_noise(4, generator, torch.device("cpu")) == {}  # evaluation reads raster
 
 

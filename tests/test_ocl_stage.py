@@ -137,6 +137,8 @@ def test_eval_scores_the_tfd_decoder_masks_on_request(store: Path, tmp_path: Pat
     train_ocl(store, tiny_config("vvo-dfz", steps=1, validate_every=0), diffusion_run, device="cpu", show_progress=False)
     with pytest.raises(ConfigError, match="mask_source 'decoder' needs a decoder with masks; decoder dfz has none"):
         evaluate_run(diffusion_run, device="cpu", show_progress=False, mask_source="decoder")
+    with pytest.raises(ConfigError, match=r"mask source \(eval --masks\) must be 'attention' or 'decoder', got 'alpha'"):
+        evaluate_run(run, device="cpu", show_progress=False, mask_source="alpha")
 
 
 def test_video_stores_pool_ari_over_each_clip(tmp_path: Path, ocl_extract_config: ExtractConfig) -> None:

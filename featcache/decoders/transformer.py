@@ -187,17 +187,20 @@ class TransformerDecoder(SlotDecoder):
         sequence = self.sequence(targets)
         if self.target == "features":
             sequence = sequence.to(self.bos.dtype)
-        batch_size = sequence.shape[0]
-        if order is None:
-            order = torch.zeros(batch_size, dtype=torch.long, device=sequence.device)
-        reading = self.orders[order]  # (B, N): raster index of the position read at each step
-        if sequence.ndim == 2:
-            ordered = sequence.gather(1, reading)  # (B, N) tokens in reading order
+        if order is None:  # raster: no permutation (the hot path of VVO-Tfd, whose readout is B x N x 4096)
+            reading = None
+            ordered = sequence
+            bos = self.bos[:1].expand(sequence.shape[0], -1, -1)  # (B, 1, d)
+            positions = self.position_embedding  # (1, N, d)
         else:
-            ordered = sequence.gather(1, reading[..., None].expand_as(sequence))  # (B, N, C)
+            reading = self.orders[order]  # (B, N): raster index of the position read at each step
+            if sequence.ndim == 2:
+                ordered = sequence.gather(1, reading)  # (B, N) tokens in reading order
+            else:
+                ordered = sequence.gather(1, reading[..., None].expand_as(sequence))  # (B, N, C)
+            bos = self.bos[order]  # (B, 1, d)
+            positions = self.position_embedding[0][reading]  # (B, N, d): where each step's prediction goes
         embedded = self.input_embedding(ordered[:, :-1])  # (B, N - 1, d): shifted right by one
-        bos = self.bos[order]  # (B, 1, d)
-        positions = self.position_embedding[0][reading]  # (B, N, d): where each step's prediction goes
         hidden = torch.cat([bos, embedded], dim=1) + positions  # (B, N, d)
         memory = self.memory_projection(slots)  # (B, S, d)
         last = len(self.layers) - 1
@@ -206,9 +209,10 @@ class TransformerDecoder(SlotDecoder):
             hidden, attention = layer(hidden, memory, self.causal_mask, return_attention=index == last)
         assert attention is not None
         prediction = self.readout(self.final_norm(hidden))  # (B, N, K or C) in reading order
-        raster = reading.argsort(dim=1)[..., None]  # (B, N, 1): step at which each raster position was read
-        prediction = prediction.gather(1, raster.expand(-1, -1, prediction.shape[-1]))
-        attention = attention.gather(1, raster.expand(-1, -1, attention.shape[-1]))
+        if reading is not None:
+            raster = reading.argsort(dim=1)[..., None]  # (B, N, 1): step at which each raster position was read
+            prediction = prediction.gather(1, raster.expand(-1, -1, prediction.shape[-1]))
+            attention = attention.gather(1, raster.expand(-1, -1, attention.shape[-1]))
         return prediction, attention
 
     def forward(

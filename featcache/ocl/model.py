@@ -118,7 +118,7 @@ class OCLModel(nn.Module):
     def use_mask_source(self, mask_source: str) -> None:
         """Score the other masks of the same trained model (``attention`` or ``decoder``); weights are unchanged."""
         if mask_source not in ("attention", "decoder"):
-            raise ConfigError(f"mask source must be 'attention' or 'decoder', got {mask_source!r}")
+            raise ConfigError(f"mask source (eval --masks) must be 'attention' or 'decoder', got {mask_source!r}")
         self._check_mask_source(mask_source)
         self.config = replace(self.config, mask_source=mask_source)
 
