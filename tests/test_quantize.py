@@ -17,6 +17,8 @@ from featcache.quantize import (
     QuantizerConfig,
     SimVQCodebook,
     VQModel,
+    chi_moments,
+    code_similarities,
     code_usage_statistics,
     gumbel_scale,
     nearest_codes,
@@ -386,3 +388,79 @@ def test_short_training_lowers_reconstruction_loss_and_uses_several_codes() -> N
     assert final < 0.7 * initial
     usage = code_usage_statistics(model.tokenize(features)[0], TINY_QUANTIZER.codebook_size)
     assert usage["used_codes"] > 1
+
+
+# ---- options that reproduce the official VVO code (parity itself: tests/test_parity_vq.py) -------
+
+
+def test_explicit_gumbel_noise_and_generator_reproduce_a_noisy_pass() -> None:
+    model = tiny_model(gumbel=True, gumbel_scale_start=1e3, gumbel_scale_end=1e3)
+    features = random_features()
+    noise = -torch.empty(4, *GRID, 32).exponential_(generator=torch.Generator().manual_seed(5)).log()
+    first = model.quantizer(features, progress=0.5, training_noise=True, gumbel_noise=noise)
+    torch.manual_seed(0)
+    second = model.quantizer(features, progress=0.5, training_noise=True, gumbel_noise=noise)
+    assert torch.equal(first.indices, second.indices)
+    codes = model.quantizer.codebook.codes().detach()
+    perturbed = -squared_distances(encoder_vectors(model, features), codes) + 1e3 * noise.reshape(-1, 32)
+    assert torch.equal(first.indices.reshape(-1), perturbed.argmax(dim=1))
+    assert (first.indices != model.tokenize(features)[0]).any()
+    from_generator = [
+        model.quantizer(features, 0.5, True, generator=torch.Generator().manual_seed(9)).indices for _ in range(2)
+    ]
+    assert torch.equal(*from_generator)
+    with pytest.raises(ValueError, match="gumbel_noise"):
+        nearest_codes(torch.zeros(3, 8), torch.zeros(5, 8), 1.0, gumbel_noise=torch.zeros(3, 4))
+
+
+def test_standardised_similarity_and_similarity_scaling() -> None:
+    mean, std = chi_moments(4)
+    samples = torch.randn(200000, 4, generator=torch.Generator().manual_seed(0)).norm(dim=1)
+    assert mean == pytest.approx(samples.mean().item(), rel=1e-2)
+    assert std == pytest.approx(samples.std().item(), rel=1e-2)
+    generator = torch.Generator().manual_seed(1)
+    vectors, codes = torch.randn(40, 4, generator=generator), torch.randn(12, 4, generator=generator)
+    standardised = code_similarities(vectors, codes, "standardised_distance")
+    assert torch.allclose(standardised, (mean - torch.cdist(vectors, codes)) / std, atol=1e-5)
+    noise = -torch.empty(40, 12).exponential_(generator=generator).log()
+    # "similarities": the scale multiplies the similarities (inverse temperature), noise is added unscaled.
+    chosen = nearest_codes(
+        vectors, codes, 2.0, similarity="standardised_distance", gumbel_scaling="similarities", gumbel_noise=noise
+    )
+    assert torch.equal(chosen, (2.0 * standardised + noise).argmax(dim=1))
+    chosen = nearest_codes(vectors, codes, 2.0, gumbel_noise=noise)  # featcache default: noise scaled
+    assert torch.equal(chosen, (-torch.cdist(vectors, codes).pow(2) + 2.0 * noise).argmax(dim=1))
+
+
+def test_vvo_encoder_last_block_projection_bias_and_commitment_target() -> None:
+    model = tiny_model(encoder_last_block="conv", projection_bias=True, commitment_target="residual", gumbel=False)
+    last = model.quantizer.encoder.blocks[-1]
+    assert len(last) == 1 and isinstance(last[0], torch.nn.Conv2d)
+    codebook = model.quantizer.codebook
+    expected_codes = codebook.templates @ codebook.projection.weight.t() + codebook.projection.bias
+    assert torch.allclose(codebook.codes(), expected_codes)
+    output = model.quantizer(random_features(), progress=0.25, training_noise=True)  # alpha 0.5
+    z, q = output.z.detach(), output.quantized.detach()
+    assert output.losses["commitment"].item() == pytest.approx(F.mse_loss(z, 0.5 * z + 0.5 * q).item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="projection_bias"):
+        QuantizerConfig(simvq=False, projection_bias=True)
+    with pytest.raises(ConfigError, match="gumbel_scaling"):
+        merge(QuantizerConfig(), {"gumbel_scaling": "temperature"})
+
+
+def test_residual_alpha_end_holds_after_the_anneal() -> None:
+    assert residual_alpha(0.25, 0.5, end=0.2) == pytest.approx(0.6)
+    assert residual_alpha(0.9, 0.5, end=0.2) == pytest.approx(0.2)
+    assert residual_alpha(0.3, 0.5, end=1.0) == 1.0
+    with pytest.raises(ConfigError, match="residual_alpha_end"):
+        QuantizerConfig(residual_alpha_end=1.5)
+
+
+def test_vvo_decoder_architecture_upsamples_by_eight_only() -> None:
+    decoder = DecoderConfig(architecture="vvo", channels=16, body_channels=8, image_size=64)
+    output = tiny_model(decoder=decoder)(random_features(batch=2), torch.zeros(2, 3, 64, 64), progress=0.0)
+    assert output.reconstruction.shape == (2, 3, 64, 64)
+    with pytest.raises(ConfigError, match="8 x"):
+        tiny_model(decoder=replace(decoder, image_size=32))
+    with pytest.raises(ConfigError, match="architecture"):
+        DecoderConfig(architecture="vvo", target="features")

@@ -90,7 +90,7 @@ def _build_mlp(
 def _build_tfd(
     config: DecoderConfig, slot_dim: int, grid: tuple[int, int], feature_dim: int, codebook_size: int, code_dim: int
 ) -> SlotDecoder:
-    return TransformerDecoder(config.tfd, slot_dim, grid, config.target, feature_dim, codebook_size)  # type: ignore[arg-type]
+    return TransformerDecoder(config.tfd, slot_dim, grid, config.target, feature_dim, codebook_size, code_dim)  # type: ignore[arg-type]
 
 
 @DECODERS.decorator("dfz")

@@ -1,8 +1,15 @@
 """Quantizer pre-training (VVO): a VQ model trained on cached VFM features, then frozen for object-centric learning."""
 
-from featcache.quantize.codebook import SimVQCodebook, nearest_codes, squared_distances
+from featcache.quantize.codebook import SimVQCodebook, chi_moments, code_similarities, nearest_codes, squared_distances
 from featcache.quantize.config import DecoderConfig, QuantizerConfig
-from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, pixel_targets, upsampling_stages
+from featcache.quantize.decoder import (
+    FeatureDecoder,
+    PixelDecoder,
+    TinyResidualBlock,
+    VVOPixelDecoder,
+    pixel_targets,
+    upsampling_stages,
+)
 from featcache.quantize.encoder import FeatureEncoder
 from featcache.quantize.model import VQModel, VQOutput
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
@@ -17,9 +24,13 @@ __all__ = [
     "QuantizerConfig",
     "QuantizerOutput",
     "SimVQCodebook",
+    "TinyResidualBlock",
     "VQModel",
     "VQOutput",
+    "VVOPixelDecoder",
     "VectorQuantizer",
+    "chi_moments",
+    "code_similarities",
     "code_usage_statistics",
     "gumbel_scale",
     "nearest_codes",

@@ -52,6 +52,75 @@ class PixelDecoder(nn.Module):
         return self.output_conv(hidden)  # (B, 3, S, S)
 
 
+class TinyResidualBlock(nn.Module):
+    """ReLU(x + Conv3x3-ReLU-Conv3x3-ReLU-Conv3x3(x)) at constant width: the block of TAESD's decoder."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+        )
+        self.fuse = nn.ReLU()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.conv(hidden) + hidden)
+
+
+class VVOPixelDecoder(nn.Module):
+    """Code map (B, D, h, w) -> image (B, 3, 8h, 8w): the architecture of the official VVO pre-training decoder.
+
+    Stem (1x1 convolutions): Conv D -> C; Conv C -> C, GroupNorm(1), SiLU; Conv C -> 4b and pixel shuffle x2
+    (b channels), GroupNorm(1), SiLU; Conv b -> b, GroupNorm(1), SiLU. Body (TAESD's decoder without its first
+    convolution and first upsampling): 3 blocks; Conv3x3; 3 blocks; nearest x2; Conv3x3; 3 blocks; nearest x2;
+    Conv3x3; 1 block; Conv3x3 -> 3 (the body's inner Conv3x3s have no bias). Output ``2 * body - 1``.
+    C = ``channels``, b = ``body_channels``.
+    """
+
+    def __init__(self, code_dim: int, channels: int = 256, body_channels: int = 64) -> None:
+        super().__init__()
+        body = body_channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(code_dim, channels, kernel_size=1),
+            nn.Conv2d(channels, channels, kernel_size=1),
+            nn.GroupNorm(1, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, body * 4, kernel_size=1),
+            nn.PixelShuffle(2),
+            nn.GroupNorm(1, body),
+            nn.SiLU(),
+            nn.Conv2d(body, body, kernel_size=1),
+            nn.GroupNorm(1, body),
+            nn.SiLU(),
+        )
+
+        def blocks(count: int) -> list[nn.Module]:
+            return [TinyResidualBlock(body) for _ in range(count)]
+
+        def plain_conv() -> nn.Conv2d:
+            return nn.Conv2d(body, body, kernel_size=3, padding=1, bias=False)
+
+        self.body = nn.Sequential(
+            *blocks(3),
+            plain_conv(),
+            *blocks(3),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            plain_conv(),
+            *blocks(3),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            plain_conv(),
+            *blocks(1),
+            nn.Conv2d(body, 3, kernel_size=3, padding=1),
+        )
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden = self.stem(codes)  # (B, D, h, w) -> (B, b, 2h, 2w)
+        return self.body(hidden) * 2.0 - 1.0  # (B, 3, 8h, 8w)
+
+
 class FeatureDecoder(nn.Module):
     """Code map (B, D, h, w) -> VFM features (B, h, w, C) channels-last, at the grid resolution.
 

@@ -20,13 +20,24 @@ class FeatureEncoder(nn.Module):
 
     ``layers`` x [Conv3x3, GroupNorm(1), SiLU] -> GroupNorm(1) -> Conv1x1 to ``code_dim``.
     The closing GroupNorm keeps z at a fixed scale, which the normalisation loss relies on.
+    ``last_block="conv"`` makes the last block a plain Conv3x3 that feeds the closing GroupNorm directly
+    (the official VVO encoder); its weights keep the key ``blocks.{layers-1}.0``.
     """
 
-    def __init__(self, feature_channels: int, code_dim: int, layers: int = 3, hidden_channels: int = 0) -> None:
+    def __init__(
+        self,
+        feature_channels: int,
+        code_dim: int,
+        layers: int = 3,
+        hidden_channels: int = 0,
+        last_block: str = "conv_norm_activation",
+    ) -> None:
         super().__init__()
         hidden = hidden_channels or feature_channels
         self.feature_channels = feature_channels
         blocks = [conv_norm_activation(feature_channels if index == 0 else hidden, hidden) for index in range(layers)]
+        if layers > 0 and last_block == "conv":
+            blocks[-1] = nn.Sequential(blocks[-1][0])  # keep only the Conv3x3
         self.blocks = nn.Sequential(*blocks)
         self.output_norm = nn.GroupNorm(1, hidden if layers > 0 else feature_channels)
         self.output_projection = nn.Conv2d(hidden if layers > 0 else feature_channels, code_dim, kernel_size=1)

@@ -10,7 +10,7 @@ from torch import nn
 
 from featcache.errors import ConfigError
 from featcache.quantize.config import DecoderConfig, QuantizerConfig
-from featcache.quantize.decoder import FeatureDecoder, PixelDecoder
+from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, VVOPixelDecoder
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
 
 
@@ -51,7 +51,16 @@ class VQModel(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.quantizer = VectorQuantizer(quantizer_config, feature_channels)
         self.decoder: nn.Module
-        if decoder_config.target == "pixels":
+        if decoder_config.architecture == "vvo":
+            if decoder_config.image_size != 8 * self.grid[0] or self.grid[0] != self.grid[1]:
+                raise ConfigError(
+                    f"decoder.architecture 'vvo' upsamples x8: decoder.image_size must be 8 x the square grid "
+                    f"{self.grid}, got {decoder_config.image_size}"
+                )
+            self.decoder = VVOPixelDecoder(
+                quantizer_config.code_dim, channels=decoder_config.channels, body_channels=decoder_config.body_channels
+            )
+        elif decoder_config.target == "pixels":
             if self.grid[0] != self.grid[1]:
                 raise ConfigError(f"decoder.target 'pixels' needs a square feature grid, got {self.grid}")
             self.decoder = PixelDecoder(
@@ -79,16 +88,23 @@ class VQModel(nn.Module):
         targets: torch.Tensor,
         progress: float,
         training_noise: bool | None = None,
+        gumbel_noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> VQOutput:
         """Encode, quantize and reconstruct ``targets`` ((B, 3, S, S) in [-1, 1] or (B, h, w, C) features).
 
         ``progress`` in [0, 1] drives the Gumbel scale and the residual alpha; Gumbel noise is added when
-        ``training_noise`` (default: ``self.training``) and the config enables it.
+        ``training_noise`` (default: ``self.training``) and the config enables it, taken from ``gumbel_noise``
+        (B, h, w, K) when given, else drawn from ``generator`` (default: torch's global RNG).
         """
         if tuple(features.shape[1:3]) != self.grid:
             raise ValueError(f"features grid {tuple(features.shape[1:3])} differs from the model's grid {self.grid}")
         quantizer_output = self.quantizer(
-            features, progress, training_noise=self.training if training_noise is None else training_noise
+            features,
+            progress,
+            training_noise=self.training if training_noise is None else training_noise,
+            gumbel_noise=gumbel_noise,
+            generator=generator,
         )
         reconstruction = self.decoder(quantizer_output.decoder_input)
         if reconstruction.shape != targets.shape:

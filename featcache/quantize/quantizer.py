@@ -41,14 +41,34 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = FeatureEncoder(
-            feature_channels, config.code_dim, layers=config.encoder_layers, hidden_channels=config.encoder_channels
+            feature_channels,
+            config.code_dim,
+            layers=config.encoder_layers,
+            hidden_channels=config.encoder_channels,
+            last_block=config.encoder_last_block,
         )
         self.codebook = SimVQCodebook(
-            config.codebook_size, config.code_dim, config.template_dim, simvq=config.simvq, seed=config.seed
+            config.codebook_size,
+            config.code_dim,
+            config.template_dim,
+            simvq=config.simvq,
+            seed=config.seed,
+            bias=config.projection_bias,
         )
 
-    def forward(self, features: torch.Tensor, progress: float, training_noise: bool) -> QuantizerOutput:
-        """Quantize ``features`` at training ``progress`` in [0, 1]; Gumbel noise if ``training_noise`` and enabled."""
+    def forward(
+        self,
+        features: torch.Tensor,
+        progress: float,
+        training_noise: bool,
+        gumbel_noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> QuantizerOutput:
+        """Quantize ``features`` at training ``progress`` in [0, 1]; Gumbel noise if ``training_noise`` and enabled.
+
+        ``gumbel_noise`` (B, h, w, K) gives the Gumbel(0, 1) samples explicitly (to reproduce another
+        implementation's noisy pass); otherwise they are drawn from ``generator`` (default: torch's global RNG).
+        """
         config = self.config
         z = self.encoder(features)  # (B, D, h, w)
         batch, code_dim, height, width = z.shape
@@ -63,21 +83,32 @@ class VectorQuantizer(nn.Module):
             codes = self.codebook.codes().float()  # (K, D)
             z_full = z.float()
             z_vectors = z_full.permute(0, 2, 3, 1).reshape(-1, code_dim)  # (B, D, h, w) -> (B*h*w, D)
-            flat_indices = nearest_codes(z_vectors, codes, gumbel_noise_scale=noise_scale)  # (B*h*w,)
+            flat_noise = None if gumbel_noise is None else gumbel_noise.reshape(-1, codes.shape[0])  # (B*h*w, K)
+            flat_indices = nearest_codes(
+                z_vectors,
+                codes,
+                gumbel_noise_scale=noise_scale,
+                similarity=config.code_similarity,
+                gumbel_scaling=config.gumbel_scaling,
+                gumbel_noise=flat_noise,
+                generator=generator,
+            )  # (B*h*w,)
             quantized = codes[flat_indices].reshape(batch, height, width, code_dim).permute(0, 3, 1, 2)  # (B, D, h, w)
+            alpha = (
+                residual_alpha(progress, config.residual_anneal_fraction, config.residual_alpha_end)
+                if config.residual
+                else 0.0
+            )
+            # The decoder input's value, without gradient: z and q mixed by alpha (q alone once alpha reaches 0).
+            mixed = (alpha * z_full + (1.0 - alpha) * quantized).detach() if alpha > 0 else quantized.detach()
+            commitment_target = mixed if config.commitment_target == "residual" else quantized.detach()
             losses = {
                 "alignment": F.mse_loss(quantized, z_full.detach()),
-                "commitment": F.mse_loss(z_full, quantized.detach()),
+                "commitment": F.mse_loss(z_full, commitment_target),
                 "normalisation": F.mse_loss(z_full, F.group_norm(z_full, 1).detach()),
             }
-            # Straight-through: the value of q, the gradient of z.
-            quantized_straight_through = z_full + (quantized - z_full).detach()
-            if config.residual:
-                alpha = residual_alpha(progress, config.residual_anneal_fraction)
-                decoder_input = alpha * z_full + (1.0 - alpha) * quantized_straight_through
-            else:
-                alpha = 0.0
-                decoder_input = quantized_straight_through
+            # Straight-through: the value of the mix, the gradient of z (unscaled).
+            decoder_input = z_full + (mixed - z_full).detach()
         return QuantizerOutput(
             z=z,
             quantized=quantized,
