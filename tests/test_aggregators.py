@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import get_args, get_type_hints
 
 import pytest
@@ -185,3 +186,59 @@ def test_aggregator_config_validation() -> None:
         AggregatorConfig(epsilon=-1.0)
     merged = merge(AggregatorConfig(), {"name": "slot_attention", "num_slots": 11, "epsilon": 0})
     assert merged == AggregatorConfig(name="slot_attention", num_slots=11, epsilon=0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        ("slot_attention", {"slot_mean": (1, 3, 16), "slot_log_std": (1, 1, 16)}),
+        ("bo_qsa", {"queries": (1, 3, 16)}),
+    ],
+)
+def test_name_defaults_keep_the_parameter_layout_of_older_runs(name: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Run folders saved before the query/MLP options load: same keys and shapes, dropout adds no weights."""
+    aggregator = create_aggregator(tiny_config(name), INPUT_DIM)
+    with_options = create_aggregator(
+        AggregatorConfig(name=name, num_slots=3, slot_dim=16, mlp_hidden=32, mlp_dropout=0.1, mlp_activation="gelu"), INPUT_DIM
+    )
+    keys = {key: tuple(value.shape) for key, value in aggregator.state_dict().items()}
+    assert keys == {key: tuple(value.shape) for key, value in with_options.state_dict().items()}
+    assert {key: keys[key] for key in shapes} == shapes
+    assert {"mlp.1.weight", "mlp.3.weight", "gru.bias_hh"} <= set(keys)
+
+
+def test_queries_and_straight_through_are_independent_of_the_name() -> None:
+    gaussian_bo_qsa = create_aggregator(AggregatorConfig(name="bo_qsa", queries="per_slot_gaussian"), INPUT_DIM)
+    assert gaussian_bo_qsa.straight_through and gaussian_bo_qsa.query_kind == "per_slot_gaussian"
+    assert gaussian_bo_qsa.train().draw_noise(2, None, torch.device("cpu"))["slots"].shape == (2, 7, 256)
+    learned_plain = create_aggregator(AggregatorConfig(name="slot_attention", queries="learned", straight_through=False), INPUT_DIM)
+    assert not learned_plain.straight_through and learned_plain.query_kind == "learned"
+    assert learned_plain.train().draw_noise(2, None, torch.device("cpu")) == {}
+    assert AggregatorConfig(name="slot_attention", straight_through=True).resolved_straight_through
+
+
+def test_mlp_dropout_and_bias_init() -> None:
+    torch.manual_seed(5)
+    config = AggregatorConfig(name="bo_qsa", num_slots=3, slot_dim=16, mlp_hidden=32, mlp_dropout=0.5, bias_init="zero_mlp")
+    aggregator = create_aggregator(config, INPUT_DIM)
+    assert aggregator.mlp[1].bias.abs().sum() == 0 and aggregator.mlp[3].bias.abs().sum() == 0
+    assert aggregator.gru.bias_ih.abs().sum() > 0  # zero_mlp leaves the GRU at PyTorch's init
+    inputs = tiny_inputs()
+    with torch.no_grad():
+        assert not torch.allclose(aggregator.train()(inputs).slots, aggregator(inputs).slots)  # dropout in training
+        torch.testing.assert_close(aggregator.eval()(inputs).slots, aggregator(inputs).slots, rtol=0, atol=0)
+    zero = create_aggregator(replace(config, bias_init="zero", qkv_init="xavier_uniform"), INPUT_DIM)
+    assert zero.gru.bias_ih.abs().sum() == 0 and zero.gru.bias_hh.abs().sum() == 0
+    bound = (6.0 / (INPUT_DIM + 16)) ** 0.5
+    assert zero.to_keys.weight.abs().max() <= bound and zero.to_keys.weight.abs().max() > 0.8 * bound
+
+
+def test_new_option_validation() -> None:
+    with pytest.raises(ConfigError, match="mlp_dropout"):
+        AggregatorConfig(mlp_dropout=1.0)
+    with pytest.raises(ConfigError, match="query_mean_init"):
+        AggregatorConfig(name="bo_qsa", query_mean_init="zeros")
+    with pytest.raises(ConfigError, match="per_slot_gaussian"):
+        merge(AggregatorConfig(), {"queries": "nope"})
+    merged = merge(AggregatorConfig(), {"queries": "shared_gaussian", "query_noise": "always", "straight_through": False})
+    assert merged.resolved_queries == "shared_gaussian" and not merged.resolved_straight_through

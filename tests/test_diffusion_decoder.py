@@ -139,3 +139,60 @@ def test_sampling_with_all_steps_matches_ddpm_posterior() -> None:
     abar = decoder.alphas_cumprod.double()
     previous = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     assert torch.allclose(1 - abar / previous, decoder.betas.double(), rtol=1e-4)
+
+
+def tiny_sd(**overrides: object) -> dict[str, object]:
+    """Settings of a small ``sd`` UNet (VVO-Dfz's block types at widths 4-8)."""
+    settings: dict[str, object] = dict(
+        unet="sd", heads=2, sd_channels=(4, 8, 8, 8), sd_norm_groups=4, sd_cross_attention=(False, True, True, True)
+    )
+    settings.update(overrides)
+    return settings
+
+
+@pytest.mark.parametrize("side", [8, 6])
+def test_sd_unet_shape_and_slot_conditioning(side: int) -> None:
+    decoder = make_decoder(side, **tiny_sd())
+    x_t = torch.randn(2, CODE_DIM, side, side)
+    slots = torch.randn(2, SLOTS, SLOT_DIM)
+    predicted = decoder.unet(x_t, torch.tensor([3, 40]), slots)
+    assert predicted.shape == x_t.shape
+    assert (predicted - decoder.unet(x_t, torch.tensor([3, 40]), torch.randn(2, SLOTS, SLOT_DIM))).abs().max() > 1e-4
+    stages = decoder.unet.down_stages
+    assert [len(stage.resnets) for stage in stages] == [2, 2, 2, 2]
+    assert [len(stage.transformers) for stage in stages] == [0, 2, 2, 2]
+    assert [len(stage.resnets) for stage in decoder.unet.up_stages] == [3, 3, 3, 3]
+    assert [len(stage.transformers) for stage in decoder.unet.up_stages] == [3, 3, 3, 0]
+    assert [stage.resample is None for stage in stages] == [False, False, False, True]
+
+
+def test_sd_unet_trains_slots() -> None:
+    decoder = make_decoder(4, **tiny_sd(dropout=0.1))
+    slots = torch.randn(2, SLOTS, SLOT_DIM, requires_grad=True)
+    output = decoder(slots, DecoderTargets(codes=torch.randn(2, 4, 4, CODE_DIM)))
+    output.loss.backward()
+    assert slots.grad is not None and slots.grad.abs().sum() > 0
+    assert all(parameter.grad is not None for parameter in decoder.parameters())
+
+
+def test_new_options_keep_the_default_decoder() -> None:
+    """Defaults: featcache's UNet, no dropout, and no new state-dict keys (old runs load)."""
+    config = DiffusionDecoderConfig()
+    assert config.unet == "featcache" and config.dropout == 0.0
+    decoder = make_decoder()
+    assert not any("dropout" in key for key in decoder.state_dict())
+    assert type(decoder.unet).__name__ == "ConditionalUNet"
+
+
+def test_sd_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="decoder.dfz.unet"):
+        DiffusionDecoderConfig(unet="diffusers")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="decoder.dfz.dropout"):
+        DiffusionDecoderConfig(dropout=1.0)
+    with pytest.raises(ConfigError, match="one entry per level"):
+        DiffusionDecoderConfig(**tiny_sd(sd_cross_attention=(False, True)))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="sd_norm_groups=4"):
+        DiffusionDecoderConfig(**tiny_sd(sd_channels=(4, 8, 8, 6)))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="heads=3"):
+        DiffusionDecoderConfig(**tiny_sd(heads=3, sd_norm_groups=1))  # type: ignore[arg-type]
+    DiffusionDecoderConfig(**tiny_sd(sd_channels=(2, 8, 8, 8), sd_norm_groups=2))  # level 0 does not attend

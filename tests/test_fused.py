@@ -102,7 +102,10 @@ def test_fused_seeds_equal_separate_runs(method: str, seeds: tuple[int, ...], ov
     for config, fused_dir, result in zip(configs, fused_dirs, results):
         separate = tmp_path / f"separate-{config.seed}"
         single = train_ocl(ocl_store, config, separate, device="cpu", show_progress=False)
-        assert_same_weights(fused_dir, separate, atol=1e-5)
+        # 5e-5: Adam divides by sqrt(v); where an element's gradient nearly cancels between steps, it magnifies the
+        # float rounding that differs between the vmapped and the plain forward (one UNet element measured at 1.6e-5
+        # after 4 steps, every other weight within 1.5e-6); a noise or order mismatch moves weights by 1e-3 or more.
+        assert_same_weights(fused_dir, separate, atol=5e-5)
         fused_rows, separate_rows = losses_of(fused_dir), losses_of(separate)
         assert [row["step"] for row in fused_rows] == [1, 2, 4] and "val_fg_ari" in fused_rows[-1]
         assert_same_rows(fused_rows, separate_rows)

@@ -7,12 +7,26 @@ from typing import Literal
 
 from featcache.errors import ConfigError
 
+#: How the initial slots are drawn; see ``AggregatorConfig.queries``.
+QueryKind = Literal["per_slot_gaussian", "per_slot_mean", "shared_gaussian", "learned"]
+
+#: ``queries`` each aggregator name stands for when ``queries`` is left unset.
+NAME_QUERIES: dict[str, QueryKind] = {"slot_attention": "per_slot_mean", "bo_qsa": "learned"}
+#: ``straight_through`` each aggregator name stands for when it is left unset.
+NAME_STRAIGHT_THROUGH: dict[str, bool] = {"slot_attention": False, "bo_qsa": True}
+
 
 @dataclass(frozen=True)
 class AggregatorConfig:
-    """Slot Attention settings; defaults follow VVO with DINOv2 ViT-S/14 on COCO."""
+    """Slot Attention settings; defaults follow VVO with DINOv2 ViT-S/14 on COCO.
 
-    #: ``slot_attention``: per-slot learned Gaussian queries (noise in training);
+    The name picks a query initialisation and whether the last iteration is straight-through; ``queries`` and
+    ``straight_through`` override either choice on its own, so that VVO's "BO-QSA" (Gaussian queries with a
+    straight-through last iteration), the BO-QSA paper's (learned queries) and plain Slot Attention can all be
+    written down.
+    """
+
+    #: ``slot_attention``: per-slot learned means with a shared learned std (noise in training), no straight-through;
     #: ``bo_qsa``: learned deterministic queries trained through a straight-through last iteration.
     name: Literal["slot_attention", "bo_qsa"] = "bo_qsa"
     #: Number of slots S (COCO 7, VOC 6, ClevrTex 11).
@@ -23,8 +37,41 @@ class AggregatorConfig:
     iterations: int = 3
     #: Hidden width of the residual slot MLP.
     mlp_hidden: int = 1024
-    #: Added to the softmax-over-slots attention before it is renormalised over inputs.
+    #: Small constant of the renormalisation over inputs (see ``renormalisation``); VVO uses 1e-5.
     epsilon: float = 1e-8
+    #: How the softmax-over-slots attention is renormalised over inputs: ``add_epsilon``: (a + eps) / sum(a + eps)
+    #: (original Slot Attention, OCLF, videosaur); ``epsilon_in_denominator``: a / (sum(a) + eps) (VVO).
+    renormalisation: Literal["add_epsilon", "epsilon_in_denominator"] = "add_epsilon"
+    #: Initial slots (unset: the name's choice, ``slot_attention`` -> ``per_slot_mean``, ``bo_qsa`` -> ``learned``).
+    #: ``per_slot_gaussian``: a learned mean and a learned per-dimension log-std for each slot (VVO NormalSeparat);
+    #: ``per_slot_mean``: a learned mean for each slot and one learned per-dimension log-std shared by the slots;
+    #: ``shared_gaussian``: one learned mean and log-std for all slots (original Slot Attention, OCLF, videosaur);
+    #: ``learned``: deterministic learned queries (BO-QSA paper). The Gaussian kinds add noise (see ``query_noise``).
+    queries: QueryKind | None = None
+    #: Initial query means (or learned queries): ``normal``: N(0, 1/D); ``xavier_uniform``: Glorot-uniform over
+    #: the (S, D) matrix, or the (1, 1, D) shared mean (VVO, OCLF); ``zeros``: zero mean (videosaur).
+    query_mean_init: Literal["normal", "xavier_uniform", "zeros"] = "normal"
+    #: Initial std of the Gaussian queries: ``inverse_sqrt_dim``: D^-0.5 (VVO, videosaur; the scale of the means);
+    #: ``one``: 1 (featcache before issue 12); ``xavier_uniform``: log-std Glorot-uniform over (1, 1, D), std ~1 (OCLF).
+    query_std_init: Literal["inverse_sqrt_dim", "one", "xavier_uniform"] = "inverse_sqrt_dim"
+    #: When the Gaussian queries are sampled: ``train``: in training only, evaluation starts at the means (VVO
+    #: NormalSeparat); ``always``: in evaluation too (OCLF, videosaur, VVO NormalShared).
+    query_noise: Literal["train", "always"] = "train"
+    #: Straight-through last iteration (BO-QSA's bi-level step): unset = the name's choice.
+    straight_through: bool | None = None
+    #: Activation of the residual slot MLP (VVO: gelu; original, OCLF, videosaur: relu).
+    mlp_activation: Literal["relu", "gelu"] = "relu"
+    #: Dropout after the slot MLP's activation, in training (VVO: 0.01).
+    mlp_dropout: float = 0.0
+    #: Hidden state the GRU updates: ``slots`` (original, VVO, OCLF) or ``normed_slots``, the slots after the
+    #: query LayerNorm (videosaur's grouper).
+    gru_hidden: Literal["slots", "normed_slots"] = "slots"
+    #: Initial weights of the query/key/value projections: ``torch`` (PyTorch's Linear default: VVO, OCLF,
+    #: videosaur) or ``xavier_uniform`` (Glorot, as the original TensorFlow Slot Attention).
+    qkv_init: Literal["torch", "xavier_uniform"] = "torch"
+    #: Initial biases: ``torch`` (PyTorch defaults); ``zero_mlp``: the slot MLP's biases zero (OCLF, videosaur);
+    #: ``zero``: the slot MLP's and the GRU's biases zero (VVO's reset_parameters).
+    bias_init: Literal["torch", "zero_mlp", "zero"] = "torch"
 
     def __post_init__(self) -> None:
         for name in ("num_slots", "slot_dim", "iterations", "mlp_hidden"):
@@ -32,3 +79,20 @@ class AggregatorConfig:
                 raise ConfigError(f"config key 'aggregator.{name}' must be at least 1, got {getattr(self, name)}")
         if self.epsilon < 0:
             raise ConfigError(f"config key 'aggregator.epsilon' must not be negative, got {self.epsilon}")
+        if not 0.0 <= self.mlp_dropout < 1.0:
+            raise ConfigError(f"config key 'aggregator.mlp_dropout' must lie in [0, 1), got {self.mlp_dropout}")
+        if self.resolved_queries == "learned" and self.query_mean_init == "zeros":
+            raise ConfigError(
+                "config key 'aggregator.query_mean_init' 'zeros' gives noise-free learned queries identical slots; "
+                "use normal or xavier_uniform"
+            )
+
+    @property
+    def resolved_queries(self) -> QueryKind:
+        """``queries``, or the one the name stands for when it is unset."""
+        return self.queries if self.queries is not None else NAME_QUERIES[self.name]
+
+    @property
+    def resolved_straight_through(self) -> bool:
+        """``straight_through``, or the name's choice when it is unset."""
+        return self.straight_through if self.straight_through is not None else NAME_STRAIGHT_THROUGH[self.name]

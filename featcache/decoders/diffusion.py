@@ -4,11 +4,16 @@ Training is DDPM with epsilon-prediction: noise the (B, D, h, w) code map at a r
 small UNet, whose spatial tokens cross-attend to the slots, predict the noise. The only way the UNet can
 beat the unconditional optimum is by reading the slots, which is what drives the aggregator.
 The noise schedule is Stable Diffusion's "scaled linear" one (linear in sqrt(beta)).
+
+Two UNets (``decoder.dfz.unet``): featcache's small one (``ConditionalUNet``) and ``sd`` (``SDUNet``), the
+computation of Stable Diffusion's conditional UNet that the official VVO-Dfz uses, so official weights load
+through :mod:`featcache.interop.vvo_dfz`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,21 +32,28 @@ def _norm_groups(channels: int) -> int:
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim); ``dim`` must be even."""
     half = dim // 2
-    exponents = torch.arange(half, device=timesteps.device, dtype=torch.float32) / half
-    frequencies = torch.exp(-math.log(max_period) * exponents)  # (half,)
+    # -log(P) * i / half in this order: the float32 rounding of Stable Diffusion's embedding.
+    exponents = -math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half
+    frequencies = torch.exp(exponents)  # (half,)
     angles = timesteps.to(torch.float32)[:, None] * frequencies[None, :]  # (B, half)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 class ResBlock(nn.Module):
-    """Two GroupNorm-SiLU-Conv3x3 layers with the timestep embedding added in between, plus a skip."""
+    """Two GroupNorm-SiLU-Conv3x3 layers with the timestep embedding added in between, plus a skip.
 
-    def __init__(self, in_channels: int, out_channels: int, embedding_dim: int) -> None:
+    ``groups`` None picks at most 8 groups per norm (featcache's UNet); dropout sits before the second conv.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, embedding_dim: int, groups: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.norm_in = nn.GroupNorm(_norm_groups(in_channels), in_channels)
+        self.norm_in = nn.GroupNorm(groups or _norm_groups(in_channels), in_channels)
         self.conv_in = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.time_projection = nn.Linear(embedding_dim, out_channels)
-        self.norm_out = nn.GroupNorm(_norm_groups(out_channels), out_channels)
+        self.norm_out = nn.GroupNorm(groups or _norm_groups(out_channels), out_channels)
+        self.dropout = nn.Dropout(dropout)
         self.conv_out = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.skip = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, kernel_size=1)
@@ -50,7 +62,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
         hidden = self.conv_in(F.silu(self.norm_in(x)))
         hidden = hidden + self.time_projection(F.silu(time_embedding))[:, :, None, None]
-        hidden = self.conv_out(F.silu(self.norm_out(hidden)))
+        hidden = self.conv_out(self.dropout(F.silu(self.norm_out(hidden))))
         return self.skip(x) + hidden
 
 
@@ -112,7 +124,7 @@ class ConditionalUNet(nn.Module):
         self.downsamples = nn.ModuleList()
         current = base
         for level, channels in enumerate(level_channels):
-            self.down_blocks.append(ResBlock(current, channels, embedding_dim))
+            self.down_blocks.append(ResBlock(current, channels, embedding_dim, dropout=config.dropout))
             self.down_attention.append(SlotCrossAttention(channels, slot_dim, config.heads))
             is_last = level == self.levels - 1
             self.downsamples.append(
@@ -120,7 +132,7 @@ class ConditionalUNet(nn.Module):
             )
             current = channels
 
-        self.middle_block = ResBlock(current, current, embedding_dim)
+        self.middle_block = ResBlock(current, current, embedding_dim, dropout=config.dropout)
         self.middle_attention = SlotCrossAttention(current, slot_dim, config.heads)
 
         # Up path in reverse level order: index 0 is the deepest level.
@@ -129,7 +141,7 @@ class ConditionalUNet(nn.Module):
         self.upsamples = nn.ModuleList()
         for level in reversed(range(self.levels)):
             channels = level_channels[level]
-            self.up_blocks.append(ResBlock(current + channels, channels, embedding_dim))
+            self.up_blocks.append(ResBlock(current + channels, channels, embedding_dim, dropout=config.dropout))
             self.up_attention.append(SlotCrossAttention(channels, slot_dim, config.heads))
             if level > 0:
                 self.upsamples.append(
@@ -162,6 +174,179 @@ class ConditionalUNet(nn.Module):
         return self.output_conv(F.silu(self.output_norm(hidden)))
 
 
+class Attention(nn.Module):
+    """Multi-head attention of tokens (B, N, dim) over a context (B, M, context_dim); bias only on the output."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(context_dim, dim, bias=False)
+        self.value = nn.Linear(context_dim, dim, bias=False)
+        self.output = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = tokens.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, dim) -> (B, heads, L, dim / heads)
+            return x.view(batch, x.shape[1], self.heads, dim // self.heads).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(
+            split(self.query(tokens)), split(self.key(context)), split(self.value(context))
+        )  # (B, heads, N, dim / heads)
+        return self.output(attended.transpose(1, 2).reshape(batch, length, dim))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LayerNorm layer on spatial tokens: self-attention, cross-attention to the slots, GEGLU feed-forward."""
+
+    def __init__(self, dim: int, slot_dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attention = Attention(dim, dim, heads)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attention = Attention(dim, slot_dim, heads)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff_in = nn.Linear(dim, 8 * dim)  # value and gate halves, 4 * dim each
+        self.ff_out = nn.Linear(4 * dim, dim)
+
+    def forward(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        normed = self.norm_self(tokens)
+        tokens = tokens + self.self_attention(normed, normed)
+        tokens = tokens + self.cross_attention(self.norm_cross(tokens), slots)
+        value, gate = self.ff_in(self.norm_ff(tokens)).chunk(2, dim=-1)
+        return tokens + self.ff_out(value * F.gelu(gate))
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm, 1x1 conv in, transformer layers over the h*w tokens, 1x1 conv out, residual on the map."""
+
+    def __init__(self, channels: int, slot_dim: int, heads: int, groups: int, layers: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.layers = nn.ModuleList(TransformerLayer(channels, slot_dim, heads) for _ in range(layers))
+        self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        for layer in self.layers:
+            tokens = layer(tokens, slots)
+        return x + self.proj_out(tokens.transpose(1, 2).reshape(batch, channels, height, width))
+
+
+class SDStage(nn.Module):
+    """One level of the ``sd`` UNet: ResBlocks reading ``inputs`` channels, each followed by a spatial transformer
+    when ``attends``, then an optional 3x3 resampling conv (stride 2 going down; after a nearest upsampling going up).
+    """
+
+    def __init__(
+        self,
+        config: DiffusionDecoderConfig,
+        inputs: list[int],
+        channels: int,
+        embedding_dim: int,
+        slot_dim: int,
+        attends: bool,
+        resample: Literal["down", "up"] | None,
+    ) -> None:
+        super().__init__()
+        groups = config.sd_norm_groups
+        self.resnets = nn.ModuleList(
+            ResBlock(width, channels, embedding_dim, groups, config.dropout) for width in inputs
+        )
+        self.transformers = nn.ModuleList(
+            SpatialTransformer(channels, slot_dim, config.heads, groups, config.sd_transformer_layers)
+            for _ in (inputs if attends else [])
+        )
+        stride = 2 if resample == "down" else 1
+        self.resample = None if resample is None else nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+
+    def layer(
+        self, index: int, hidden: torch.Tensor, time_embedding: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """ResBlock ``index`` and its transformer, if the level has them."""
+        hidden = self.resnets[index](hidden, time_embedding)
+        return self.transformers[index](hidden, slots) if len(self.transformers) else hidden
+
+
+class SDUNet(nn.Module):
+    """Stable Diffusion's conditional UNet, the backbone of the official VVO-Dfz; (x_t, t, slots) -> noise.
+
+    Down level ``i`` (width ``sd_channels[i]``): ``sd_layers`` ResBlocks (+ transformers) and, except at the
+    last level, a stride-2 conv; the input conv's output and every one of these outputs is kept as a skip.
+    Middle: ResBlock, transformer, ResBlock. Up levels, deepest first: ``sd_layers + 1`` ResBlocks, each on the
+    concatenation with the latest unread skip, and, except at the last, a nearest upsampling to the next skip's
+    size (x2 when the sides divide) and a conv. Time: sinusoid of width ``sd_channels[0]``, MLP to 4x that.
+    """
+
+    def __init__(self, config: DiffusionDecoderConfig, slot_dim: int, code_dim: int) -> None:
+        super().__init__()
+        widths = config.sd_channels
+        base, last = widths[0], len(widths) - 1
+        self.frequency_dim = base
+        embedding_dim = 4 * base
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base, embedding_dim), nn.SiLU(), nn.Linear(embedding_dim, embedding_dim)
+        )
+        self.input_conv = nn.Conv2d(code_dim, base, kernel_size=3, padding=1)
+
+        skips = [base]  # channels of the skips, in the order the down path makes them
+        current = base
+        self.down_stages = nn.ModuleList()
+        for level, channels in enumerate(widths):
+            inputs = [current] + [channels] * (config.sd_layers - 1)
+            resample = "down" if level < last else None
+            self.down_stages.append(
+                SDStage(config, inputs, channels, embedding_dim, slot_dim, config.sd_cross_attention[level], resample)
+            )
+            skips += [channels] * (config.sd_layers + (level < last))
+            current = channels
+
+        groups = config.sd_norm_groups
+        self.middle_in = ResBlock(current, current, embedding_dim, groups, config.dropout)
+        self.middle_attention = SpatialTransformer(
+            current, slot_dim, config.heads, groups, config.sd_transformer_layers
+        )
+        self.middle_out = ResBlock(current, current, embedding_dim, groups, config.dropout)
+
+        self.up_stages = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            inputs = []
+            for _ in range(config.sd_layers + 1):
+                inputs.append(current + skips.pop())
+                current = widths[level]
+            resample = "up" if level > 0 else None
+            self.up_stages.append(
+                SDStage(config, inputs, current, embedding_dim, slot_dim, config.sd_cross_attention[level], resample)
+            )
+
+        self.output_norm = nn.GroupNorm(groups, base)
+        self.output_conv = nn.Conv2d(base, code_dim, kernel_size=3, padding=1)
+
+    def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        time_embedding = self.time_mlp(timestep_embedding(timesteps, self.frequency_dim).to(x_t.dtype))
+        hidden = self.input_conv(x_t)
+        skips = [hidden]
+        for stage in self.down_stages:
+            for index in range(len(stage.resnets)):
+                hidden = stage.layer(index, hidden, time_embedding, slots)
+                skips.append(hidden)
+            if stage.resample is not None:
+                hidden = stage.resample(hidden)
+                skips.append(hidden)
+        hidden = self.middle_in(hidden, time_embedding)
+        hidden = self.middle_out(self.middle_attention(hidden, slots), time_embedding)
+        for stage in self.up_stages:
+            for index in range(len(stage.resnets)):
+                hidden = torch.cat([hidden, skips.pop()], dim=1)  # (B, C + C_skip, h_l, w_l)
+                hidden = stage.layer(index, hidden, time_embedding, slots)
+            if stage.resample is not None:
+                hidden = stage.resample(F.interpolate(hidden, size=skips[-1].shape[-2:], mode="nearest"))
+        return self.output_conv(F.silu(self.output_norm(hidden)))
+
+
 class DiffusionDecoder(SlotDecoder):
     """VVO-Dfz: DDPM (epsilon-prediction) on the quantized code map (B, h, w, D), conditioned on slots."""
 
@@ -176,7 +361,7 @@ class DiffusionDecoder(SlotDecoder):
                 f"decoder betas must satisfy 0 < beta_start <= beta_end < 1, got {config.beta_start}, {config.beta_end}"
             )
         factor = 2 ** (config.unet_levels - 1)
-        if any(side % factor != 0 for side in grid):
+        if config.unet == "featcache" and any(side % factor != 0 for side in grid):
             raise ConfigError(
                 f"diffusion decoder grid {tuple(grid)} must have sides divisible by {factor} "
                 f"(2**(unet_levels-1) with unet_levels={config.unet_levels})"
@@ -196,7 +381,9 @@ class DiffusionDecoder(SlotDecoder):
         self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().to(torch.float32))
         self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().to(torch.float32))
 
-        self.unet = ConditionalUNet(config, slot_dim, code_dim)
+        self.unet: nn.Module = (
+            SDUNet(config, slot_dim, code_dim) if config.unet == "sd" else ConditionalUNet(config, slot_dim, code_dim)
+        )
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward process q(x_t | x_0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; x0 (B, D, h, w), t (B,)."""

@@ -34,8 +34,13 @@ class OCLModelConfig:
     #: Dropout between the projection's two linear layers.
     projection_dropout: float = 0.0
     #: ``mlp``: Linear(C, hidden) - Dropout - Linear(hidden, slot_dim), no activation (VVO-Tfd/Dfz);
-    #: ``layernorm_mlp``: LayerNorm(C) - Linear - ReLU - Dropout - Linear (DINOSAUR, VVO-Mlp).
+    #: ``layernorm_mlp``: LayerNorm(C) - Linear - activation - Dropout - Linear (DINOSAUR, VVO-Mlp).
     projection: Literal["mlp", "layernorm_mlp"] = "mlp"
+    #: Activation of the ``layernorm_mlp`` projection (VVO's DINOSAUR/VVO-Mlp: gelu; OCLF, videosaur: relu).
+    projection_activation: Literal["relu", "gelu"] = "relu"
+    #: Initial biases of the projection's linear layers: ``torch`` (PyTorch defaults) or ``zero`` (VVO's
+    #: reset_parameters, OCLF's and videosaur's MLPs).
+    projection_bias_init: Literal["torch", "zero"] = "torch"
     #: ``none``: the VFM features carry position (pretrained DINOv2/SAM2); ``soft``: add Slot Attention's soft
     #: position embedding (a learned linear map of the patch's grid coordinates) to the aggregator input, for
     #: features without position, such as those of randomly initialised VFMs (see the README, "OCL quality").

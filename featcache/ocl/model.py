@@ -36,18 +36,25 @@ class OCLOutput:
 def build_projection(config: OCLModelConfig, feature_dim: int, slot_dim: int) -> nn.Sequential:
     """Map VFM channels C to the slot width (position comes from the features, or from ``input_position``)."""
     if config.projection == "layernorm_mlp":
-        return nn.Sequential(
+        projection = nn.Sequential(
             nn.LayerNorm(feature_dim),
             nn.Linear(feature_dim, config.projection_hidden),
-            nn.ReLU(),
+            nn.GELU() if config.projection_activation == "gelu" else nn.ReLU(),
             nn.Dropout(config.projection_dropout),
             nn.Linear(config.projection_hidden, slot_dim),
         )
-    return nn.Sequential(
-        nn.Linear(feature_dim, config.projection_hidden),
-        nn.Dropout(config.projection_dropout),
-        nn.Linear(config.projection_hidden, slot_dim),
-    )
+    else:
+        projection = nn.Sequential(
+            nn.Linear(feature_dim, config.projection_hidden),
+            nn.Dropout(config.projection_dropout),
+            nn.Linear(config.projection_hidden, slot_dim),
+        )
+    if config.projection_bias_init == "zero":
+        with torch.no_grad():
+            for layer in projection:
+                if isinstance(layer, nn.Linear):
+                    layer.bias.zero_()
+    return projection
 
 
 class SoftPositionEmbedding(nn.Module):
