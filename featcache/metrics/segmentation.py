@@ -7,7 +7,9 @@ Conventions (OCLF-style, every protocol choice is an explicit argument):
   background, 1..K = instances, ``ignore_label`` (65535) = pixels dropped from every metric.
 * Predicted labels are arbitrary non-negative segment ids (slot indices after the argmax).
 * A metric with nothing left to score (no pixel, or no ground-truth segment) returns ``nan``;
-  :func:`mean_skipping_nan` averages per-image values without them.
+  :func:`mean_skipping_nan` averages per-image values without them. The anchors differ on ARI here, so
+  :func:`object_discovery_metrics` takes the rule (``empty_ari``), and :func:`mean_of_batch_means` gives
+  VVO's average of per-batch means.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ from featcache.errors import FeatcacheError
 
 #: Ground-truth label of the background segment.
 BACKGROUND_LABEL = 0
+#: What ARI / FG-ARI score when no pixel is left to score (FG-ARI of an image without foreground):
+#: ``skip`` (nan, left out of the mean), ``one`` (1.0, counted), ``one-if-any-pixel`` (1.0 when the image has
+#: any non-ignored pixel, background included; nan otherwise).
+EMPTY_ARI_RULES = ("skip", "one", "one-if-any-pixel")
+#: ``float64``: exact pair counts. ``vvo-int64-float32``: VVO's arithmetic, pair-count products in int64 (they
+#: wrap past 2**63, e.g. on pooled video clips of ~1e5 pixels) and the divisions in float32.
+ARI_ARITHMETICS = ("float64", "vvo-int64-float32")
 
 
 class MetricInputError(FeatcacheError, ValueError):
@@ -87,24 +96,48 @@ def _pairs(counts: np.ndarray) -> np.ndarray | float:
     return counts * (counts - 1.0) / 2.0
 
 
+def _ari_vvo_int64_float32(table: np.ndarray) -> float:
+    """ARI as VVO computes it: ordered pair counts n(n-1) in int64, whose product wraps around past 2**63
+    as torch's int64 does, then float32 division and subtraction."""
+    counts = table.astype(np.int64)
+    true_sizes, predicted_sizes = counts.sum(axis=1), counts.sum(axis=0)
+    total = true_sizes.sum()
+    index = (counts * (counts - 1)).sum()
+    true_index = (true_sizes * (true_sizes - 1)).sum()
+    predicted_index = (predicted_sizes * (predicted_sizes - 1)).sum()
+    with np.errstate(over="ignore"):
+        product = np.multiply(np.array([true_index]), np.array([predicted_index]))[0]  # int64, wraps
+    expected = np.float32(product) / np.float32(max(total * (total - 1), 1))
+    maximum = np.float32(true_index + predicted_index) / np.float32(2)
+    denominator = maximum - expected
+    if denominator == 0:
+        return 1.0
+    return float((np.float32(index) - expected) / denominator)
+
+
 def adjusted_rand_index(
     true_labels: np.ndarray,
     predicted_labels: np.ndarray,
     ignore_background: bool = False,
     ignore_label: int | None = IGNORE_LABEL,
+    arithmetic: str = "float64",
 ) -> float:
     """Adjusted Rand index between two label maps of equal shape (contingency-table formula).
 
     Ground-truth ``ignore_label`` pixels are dropped; ``ignore_background=True`` also drops ground-truth
     background (0) pixels, which gives FG-ARI. Returns 1.0 when the index is undefined because both
     partitions are trivial (zero denominator, e.g. one segment in both), and ``nan`` when no pixel remains
-    (e.g. FG-ARI of an image without foreground).
+    (e.g. FG-ARI of an image without foreground). ``arithmetic`` is one of :data:`ARI_ARITHMETICS`.
     """
+    if arithmetic not in ARI_ARITHMETICS:
+        raise MetricInputError(f"arithmetic is {arithmetic!r}; expected one of {', '.join(ARI_ARITHMETICS)}")
     true_labels, predicted_labels = _check_label_pair(true_labels, predicted_labels)
     true_flat, predicted_flat = _kept_pixels(true_labels, predicted_labels, ignore_label, ignore_background)
     if true_flat.size == 0:
         return float("nan")
     table, _, _ = _contingency(true_flat, predicted_flat)
+    if arithmetic == "vvo-int64-float32":
+        return _ari_vvo_int64_float32(table)
     index = float(_pairs(table).sum())
     true_pairs = float(_pairs(table.sum(axis=1)).sum())
     predicted_pairs = float(_pairs(table.sum(axis=0)).sum())
@@ -124,12 +157,13 @@ def ari_batch(
     predicted_labels: np.ndarray,
     ignore_background: bool = False,
     ignore_label: int | None = IGNORE_LABEL,
+    arithmetic: str = "float64",
 ) -> np.ndarray:
     """ARI (or FG-ARI) of each image of a batch (B, H, W) -> (B,) float64, ``nan`` where nothing remains."""
     true_labels, predicted_labels = _check_batch(true_labels, predicted_labels)
     return np.array(
         [
-            adjusted_rand_index(true_image, predicted_image, ignore_background, ignore_label)
+            adjusted_rand_index(true_image, predicted_image, ignore_background, ignore_label, arithmetic)
             for true_image, predicted_image in zip(true_labels, predicted_labels)
         ],
         dtype=np.float64,
@@ -193,18 +227,41 @@ def mean_iou_hungarian(
     return float(iou[rows, columns].sum() / iou.shape[0])
 
 
+def _apply_empty_ari_rule(scores: np.ndarray, true_labels: np.ndarray, ignore_label: int | None, rule: str) -> np.ndarray:
+    """Replace the ``nan`` of images with nothing left to score by 1.0 where ``rule`` counts them."""
+    undefined = np.isnan(scores)
+    if rule == "one":
+        scores[undefined] = 1.0
+    elif rule == "one-if-any-pixel":
+        flat = true_labels.reshape(len(true_labels), -1)
+        has_pixels = (flat != ignore_label).any(axis=1) if ignore_label is not None else np.full(len(flat), flat.shape[1] > 0)
+        scores[undefined & has_pixels] = 1.0
+    return scores
+
+
 def object_discovery_metrics(
     true_labels: np.ndarray,
     predicted_labels: np.ndarray,
     count_background: bool,
     ignore_label: int | None = IGNORE_LABEL,
+    empty_ari: str = "skip",
+    ari_arithmetic: str = "float64",
 ) -> dict[str, np.ndarray]:
-    """ARI, FG-ARI, mBO and mIoU of every image of a batch (B, H, W): each a (B,) float64 array (nan = skipped)."""
+    """ARI, FG-ARI, mBO and mIoU of every item of a batch: each a (B,) float64 array (nan = skipped).
+
+    An item is an image (B, H, W) or a whole clip (B, T, H, W), whose frames are pooled into one score.
+    ``empty_ari`` (one of :data:`EMPTY_ARI_RULES`) scores ARI / FG-ARI where no pixel is left; mBO / mIoU
+    without a ground-truth segment are always ``nan`` (every anchor skips them).
+    """
+    if empty_ari not in EMPTY_ARI_RULES:
+        raise MetricInputError(f"empty_ari is {empty_ari!r}; expected one of {', '.join(EMPTY_ARI_RULES)}")
     true_labels, predicted_labels = _check_batch(true_labels, predicted_labels)
     pairs = list(zip(true_labels, predicted_labels))
+    ari = ari_batch(true_labels, predicted_labels, False, ignore_label, ari_arithmetic)
+    fg_ari = ari_batch(true_labels, predicted_labels, True, ignore_label, ari_arithmetic)
     return {
-        "ari": ari_batch(true_labels, predicted_labels, False, ignore_label),
-        "fg_ari": ari_batch(true_labels, predicted_labels, True, ignore_label),
+        "ari": _apply_empty_ari_rule(ari, true_labels, ignore_label, empty_ari),
+        "fg_ari": _apply_empty_ari_rule(fg_ari, true_labels, ignore_label, empty_ari),
         "mbo": np.array([mean_best_overlap(t, p, count_background, ignore_label) for t, p in pairs], dtype=np.float64),
         "miou": np.array([mean_iou_hungarian(t, p, count_background, ignore_label) for t, p in pairs], dtype=np.float64),
     }
@@ -215,6 +272,18 @@ def mean_skipping_nan(values: Sequence[float] | np.ndarray) -> float:
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     finite = array[~np.isnan(array)]
     return float(finite.mean()) if finite.size else float("nan")
+
+
+def mean_of_batch_means(values: Sequence[float] | np.ndarray, batch_size: int) -> float:
+    """Mean over consecutive batches of ``batch_size`` values (the last may be smaller) of each batch's
+    :func:`mean_skipping_nan`: every batch weighs the same, as when a loop averages per-batch means. A batch
+    with nothing to score is ``nan`` and so is the result."""
+    if batch_size < 1:
+        raise MetricInputError(f"batch_size is {batch_size}; expected >= 1")
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if array.size == 0:
+        return float("nan")
+    return float(np.mean([mean_skipping_nan(array[start : start + batch_size]) for start in range(0, array.size, batch_size)]))
 
 
 # ----------------------------------------------------------------------------- masks <-> labels

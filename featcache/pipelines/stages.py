@@ -365,6 +365,7 @@ class EvalParams:
     run: str = ""
     #: Store to score on (default: the run's training store).
     store: str | None = None
+    #: A name from featcache.stages.evaluate.PROTOCOLS (vvo, dinosaur, vvo-code, oclf, videosaur, videosaur-instances).
     protocol: str = "vvo"
     view: str = "center"
     limit: int | None = None

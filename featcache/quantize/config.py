@@ -18,7 +18,7 @@ EncoderLastBlock = Literal["conv_norm_activation", "conv"]
 CodeSimilarity = Literal["squared_distance", "standardised_distance"]
 GumbelScaling = Literal["noise", "similarities"]
 CommitmentTarget = Literal["quantized", "residual"]
-DecoderArchitecture = Literal["featcache", "vvo"]
+DecoderArchitecture = Literal["featcache", "vvo", "none"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ class DecoderConfig:
     #: Pixel decoder network: ``featcache`` (Conv3x3 stages with nearest x2 upsampling) or ``vvo``, the official
     #: VVO decoder's architecture (1x1 stem with pixel shuffle, then TAESD's decoder body; x8 only, ``channels``
     #: is the stem width, official 256; ``layers_per_stage`` does not apply). Randomly initialised here, where
-    #: the official code starts its TAESD part from the pretrained TAESD weights.
+    #: the official code starts its TAESD part from the pretrained TAESD weights. ``none``: no decoder, for a
+    #: quantizer imported from an official OCL checkpoint (which holds no decoder): it can tokenize, not train.
     architecture: DecoderArchitecture = "featcache"
     #: Width of the TAESD body of the ``vvo`` decoder (official 64).
     body_channels: int = 64

@@ -50,8 +50,10 @@ class VQModel(nn.Module):
         self.feature_channels = feature_channels
         self.grid = (int(grid[0]), int(grid[1]))
         self.quantizer = VectorQuantizer(quantizer_config, feature_channels)
-        self.decoder: nn.Module
-        if decoder_config.architecture == "vvo":
+        self.decoder: nn.Module | None
+        if decoder_config.architecture == "none":
+            self.decoder = None
+        elif decoder_config.architecture == "vvo":
             if decoder_config.image_size != 8 * self.grid[0] or self.grid[0] != self.grid[1]:
                 raise ConfigError(
                     f"decoder.architecture 'vvo' upsamples x8: decoder.image_size must be 8 x the square grid "
@@ -106,6 +108,8 @@ class VQModel(nn.Module):
             gumbel_noise=gumbel_noise,
             generator=generator,
         )
+        if self.decoder is None:
+            raise ConfigError("this VQ model has no decoder (decoder.architecture: none): it can tokenize, not train")
         reconstruction = self.decoder(quantizer_output.decoder_input)
         if reconstruction.shape != targets.shape:
             raise ValueError(
@@ -130,4 +134,6 @@ class VQModel(nn.Module):
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Decode token indices (B, h, w) through their codes (no residual): for visualising what tokens keep."""
+        if self.decoder is None:
+            raise ConfigError("this VQ model has no decoder (decoder.architecture: none): it cannot decode tokens")
         return self.decoder(self.quantizer.lookup(indices))

@@ -41,6 +41,15 @@ class VQTrainConfig:
     learning_rate: float = 2e-3
     warmup_fraction: float = 0.05
     final_lr_ratio: float = 1e-3
+    #: Learning-rate schedule: ``cosine`` (linear warm-up from lr/warmup at the first step, cosine to
+    #: final_lr_ratio at the last), ``vvo-cosine`` (VVO's CbLinearCosine: warm-up from 0, cosine one step later),
+    #: ``constant`` (warm-up from 0, then constant), ``exponential`` (OCLF's DINOSAUR: warm-up from 0, then the
+    #: lr halves every lr_half_life steps). See featcache.quantize.schedules.
+    lr_schedule: Literal["cosine", "vvo-cosine", "constant", "exponential"] = "cosine"
+    #: Warm-up length in steps (OCLF's DINOSAUR: 10000); null = warmup_fraction of the steps.
+    warmup_steps: int | None = None
+    #: Steps per halving of the lr in the ``exponential`` schedule (OCLF's DINOSAUR: 100000).
+    lr_half_life: int = 100000
     grad_clip: float = 1.0
     seed: int = 0
     #: bf16 autocast on CUDA (ignored on CPU).
@@ -115,6 +124,8 @@ def train_vq(
     store = FeatureStore(store_path)
     store.require_complete()
     feature_kind = resolve_feature_kind(store, config.feature_kind)
+    if config.decoder.architecture == "none":
+        raise ConfigError("train-vq needs a decoder; decoder.architecture 'none' is for imported quantizers that only tokenize")
     with_images = config.decoder.target == "pixels"
     if with_images and not store.has_images:
         raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (decoder.target: pixels)")

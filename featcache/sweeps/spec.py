@@ -31,6 +31,7 @@ _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._=,+-]")
 class EvalSpec:
     """How every run of a sweep is scored (``featcache eval`` options)."""
 
+    #: A name from featcache.stages.evaluate.PROTOCOLS (vvo, dinosaur, vvo-code, oclf, videosaur, videosaur-instances).
     protocol: str = "vvo"
     #: Also score per-image kMeans on the same features (reported as ``kmeans_*`` metrics).
     baseline: bool = False
