@@ -106,6 +106,17 @@ def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
     return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``updates`` merged in, mappings recursively (plain dicts, before they become configs)."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=3", "name=x"]`` into a nested dict; values are parsed as YAML scalars/lists."""
     flat: dict[str, Any] = {}

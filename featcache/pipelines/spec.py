@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from featcache.config import find_config_file, merge, parse_overrides, repo_root
+from featcache.config import deep_update, find_config_file, merge, parse_overrides, repo_root
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipelines.stages import STAGE_KINDS, StageKind
 
@@ -94,17 +94,6 @@ def _unknown_keys(found: dict[str, Any], valid: tuple[str, ...], where: str) -> 
     unknown = sorted(set(found) - set(valid))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
-
-
-def _deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``updates`` merged in, mappings recursively (for ``--set`` onto stage params)."""
-    merged = dict(base)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_update(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _strings(value: Any) -> list[str]:
@@ -258,7 +247,7 @@ def _apply_overrides(stages: dict[str, dict[str, Any]], overrides: list[str], pi
             raise ConfigError(f"--set {stage_name}.PARAM: pipeline {pipeline_name!r} has no stage {stage_name!r}; stages: {', '.join(stages)}")
         if not isinstance(updates, dict):
             raise ConfigError(f"--set {stage_name}={updates!r}: expected --set {stage_name}.PARAM=VALUE")
-        stages[stage_name]["params"] = _deep_update(stages[stage_name]["params"], updates)
+        stages[stage_name]["params"] = deep_update(stages[stage_name]["params"], updates)
 
 
 def _dependencies(stages: dict[str, dict[str, Any]], path: Path) -> dict[str, list[str]]:

@@ -75,7 +75,10 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / STATE_NAME
     if not path.is_file():
         raise FeatcacheError(f"cannot resume: {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "imported_from" in state:
+        raise FeatcacheError(f"cannot resume {run_dir}: it was imported from {state['imported_from']['path']} and holds no optimizer state")
+    return state
 
 
 def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -1,0 +1,143 @@
+"""`featcache import-vvo`: an official VVO checkpoint as featcache run folders, so eval and tokenize use it.
+
+Writes up to two ordinary run folders under ``out``:
+  vq/   the quantizer (``mediat``): ``featcache tokenize --vq OUT/vq --name NAME`` writes its token set;
+  ocl/  the OCL model (projection, aggregator, decoder): ``featcache eval OUT/ocl --store STORE``.
+The OCL run names the token set ``tokens`` that the VQ run will write, so its decoder reads the imported
+quantizer's codes. Each run.json records the checkpoint (path and sha256) and the features the model expects
+(VFM, channels, grid, final-norm features as VVO's DINOv2 with ``norm_out=True``); eval and tokenize refuse
+stores that differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featcache.config import deep_update, merge, parse_overrides, to_dict
+from featcache.encoders import ENCODERS
+from featcache.encoders.weights import file_sha256
+from featcache.errors import FeatcacheError
+from featcache.extraction.run import library_versions
+from featcache.interop.vvo_checkpoint import (
+    VVOCheckpoint,
+    checkpoint_grid,
+    feature_channels,
+    ocl_model_config,
+    ocl_state_dict,
+    quantizer_parts,
+    read_vvo_checkpoint,
+)
+from featcache.ocl import OCLModel
+from featcache.quantize.model import VQModel
+from featcache.stages.train_ocl import OCLTrainConfig
+from featcache.stages.train_vq import VQTrainConfig
+from featcache.store.writer import utc_now
+from featcache.training.checkpoint import RUN_NAME, prepare_run_folder, save_checkpoint
+
+#: Saved as train_state.pt: an imported run has no optimizer state, so ``--resume`` is refused by name.
+IMPORTED_STATE_KEY = "imported_from"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What was imported: the checkpoint's model kind and the run folders written (None where not applicable)."""
+
+    kind: str
+    vq_run: Path | None
+    ocl_run: Path | None
+    tokens: str | None
+
+
+def expected_features(vfm: str, channels: int, grid: tuple[int, int], checkpoint: VVOCheckpoint, sha256: str) -> dict[str, Any]:
+    """The ``store`` entry of run.json: what eval/tokenize check a store against (no store was trained on here)."""
+    spec = ENCODERS.get(vfm)
+    return {
+        "path": None,
+        "identity": None,
+        "encoder": spec.name,
+        "channels": channels,
+        "grid": list(grid),
+        "feature_kind": "final_norm",
+        "weights": {"source": "official VVO checkpoint", "location": str(checkpoint.path), "sha256": sha256},
+        "dataset": None,
+    }
+
+
+def import_vvo(
+    checkpoint_path: str | Path,
+    out: str | Path,
+    vfm: str = "dino2-s14",
+    tokens: str = "vvo-imported",
+    grid: tuple[int, int] = (16, 16),
+    overrides: list[str] | None = None,
+) -> ImportResult:
+    """Convert ``checkpoint_path`` into run folders under ``out`` (refused if they exist).
+
+    ``vfm``: the featcache encoder whose features the model reads (VVO's configs: DINOv2 ViT-S/14, 224 px input,
+    final-norm features: ``dino2-s14``); ``grid``: the patch grid where the weights hold no position embedding
+    (Dfz, VQ); ``overrides``: ``key=value`` changes of the OCL train config for what the weights cannot tell,
+    e.g. ``model.decoder.dfz.heads=8`` or ``model.aggregator.iterations=3`` (the official image configs' values
+    are the defaults).
+    """
+    checkpoint = read_vvo_checkpoint(checkpoint_path)
+    sha256 = file_sha256(checkpoint.path)
+    out = Path(out)
+    channels = feature_channels(checkpoint)
+    grid = checkpoint_grid(checkpoint, grid)
+    features = expected_features(vfm, channels, grid, checkpoint, sha256)
+    source = {"path": str(checkpoint.path), "sha256": sha256, "kind": checkpoint.kind, "format": "Genera1Z/VQ-VFM-OCL ModelWrap.save"}
+    if checkpoint.kind != "vq" and ENCODERS.get(vfm) and channels != _vfm_channels(vfm):
+        raise FeatcacheError(f"{checkpoint.path} reads {channels}-channel features; --vfm {vfm} gives {_vfm_channels(vfm)}")
+
+    vq_run = codebook = vq_sha = None
+    if "mediat" in {key.split(".", 1)[0] for key in checkpoint.state}:
+        quantizer_config, decoder_config, vq_state, codebook = quantizer_parts(checkpoint, grid)
+        vq_config = VQTrainConfig(quantizer=quantizer_config, decoder=decoder_config, feature_kind="final_norm")
+        vq_model = VQModel(quantizer_config, decoder_config, channels, grid)
+        vq_model.load_state_dict(vq_state, strict=True)
+        vq_run = out / "vq"
+        info = {"stage": "vq", "created": utc_now(), "imported_from": source, "store": features, "versions": library_versions()}
+        _write_run(vq_run, vq_model, to_dict(vq_config), info, source)
+        vq_sha = _weights_sha(vq_run)
+    if checkpoint.kind == "vq":
+        return ImportResult(kind=checkpoint.kind, vq_run=vq_run, ocl_run=None, tokens=None)
+
+    uses_tokens = checkpoint.kind != "dinosaur"
+    changes = parse_overrides(overrides or [])
+    config = merge(OCLTrainConfig(), deep_update({"tokens": tokens if uses_tokens else "", "feature_kind": "final_norm"}, changes))
+    config = merge(config, {"model": to_dict(ocl_model_config(checkpoint, changes.get("model")))})
+    model = OCLModel(config.model, channels, grid, codebook if uses_tokens else None)
+    model.load_state_dict(ocl_state_dict(checkpoint, model), strict=True)
+    ocl_run = out / "ocl"
+    token_info = {"name": tokens, "vq": {"run": str(vq_run), "weights_sha256": vq_sha}} if uses_tokens else None
+    info = {
+        "stage": "ocl",
+        "created": utc_now(),
+        "imported_from": source,
+        "store": features,
+        "tokens": token_info,
+        "online": False,
+        "device": "cpu",
+        "versions": library_versions(),
+    }
+    _write_run(ocl_run, model, to_dict(config), info, source)
+    return ImportResult(kind=checkpoint.kind, vq_run=vq_run, ocl_run=ocl_run, tokens=tokens if uses_tokens else None)
+
+
+def _vfm_channels(vfm: str) -> int:
+    return int(ENCODERS.get(vfm).channels)
+
+
+def _write_run(run_dir: Path, model: torch.nn.Module, config: dict[str, Any], info: dict[str, Any], source: dict[str, Any]) -> None:
+    prepare_run_folder(run_dir, config, resume=False)
+    save_checkpoint(run_dir, model, config, info, {IMPORTED_STATE_KEY: source})
+
+
+def _weights_sha(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / RUN_NAME).read_text())["weights_sha256"]
