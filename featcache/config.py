@@ -11,6 +11,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -200,9 +201,38 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+#: Per config class, the values of fields added after run folders were first written (see :func:`saved_before`).
+_SAVED_BEFORE: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def saved_before(cls: type, values: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Declare what a config saved before ``cls`` had some fields meant: ``values`` (or a function of the saved
+    mapping, for values that depended on another field) for each field a saved config lacks.
+
+    Saved configs are complete (``to_dict`` writes every field), so a missing field means the run was written
+    before it existed; it gets the value that reproduces what featcache did then, not today's default.
+    """
+    _SAVED_BEFORE[cls] = values if callable(values) else (lambda saved, fixed=dict(values): fixed)
+
+
+def _fill_saved_before(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the fields it lacks filled as declared by :func:`saved_before`, nested configs included."""
+    filled = dict(data)
+    legacy = _SAVED_BEFORE.get(cls)
+    if legacy is not None:
+        for key, value in legacy(data).items():
+            filled.setdefault(key, value)
+    hints = get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if _is_dataclass_type(hints[field.name]) and isinstance(filled.get(field.name), dict):
+            filled[field.name] = _fill_saved_before(hints[field.name], filled[field.name])
+    return filled
+
+
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild a config saved with :func:`to_dict` (strict: a key the class lacks fails)."""
-    return merge(cls(), data)
+    """Rebuild a config saved with :func:`to_dict` (strict: a key the class lacks fails; a field the saved config
+    lacks, because it was written before the field existed, gets its :func:`saved_before` value)."""
+    return merge(cls(), _fill_saved_before(cls, data))
 
 
 def flatten_keys(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
