@@ -160,6 +160,30 @@ def tokenize(
     )
 
 
+@app.command("import-vvo")
+def import_vvo_command(
+    checkpoint: Path = typer.Argument(..., help="An official VVO checkpoint (.pth written by Genera1Z/VQ-VFM-OCL)."),
+    out: Path = typer.Option(..., help="Folder for the run folders vq/ and ocl/ (must not hold runs)."),
+    vfm: str = typer.Option("dino2-s14", help="The featcache VFM whose final-norm features the model reads."),
+    tokens: str = typer.Option("vvo-imported", help="Token set the OCL run reads; write it with tokenize --vq OUT/vq."),
+    grid: int = typer.Option(16, help="Patch-grid side where the weights hold no position embedding (Dfz, VQ)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value changes of the OCL config for what the weights cannot tell."),
+) -> None:
+    """Convert an official VVO checkpoint (VQ pre-training, VVO-Tfd/Mlp/Dfz, VVO's DINOSAUR) into featcache run folders."""
+    from featcache.stages.import_vvo import import_vvo
+
+    result = import_vvo(checkpoint, out, vfm=vfm, tokens=tokens, grid=(grid, grid), overrides=list(set_ or []))
+    console.print(f"{checkpoint}: {result.kind} checkpoint")
+    if result.vq_run is not None:
+        console.print(f"  quantizer -> {result.vq_run}")
+    if result.ocl_run is not None:
+        console.print(f"  OCL model -> {result.ocl_run}")
+    if result.tokens:
+        console.print(f"next: featcache tokenize --store STORE --vq {result.vq_run} --name {result.tokens}; featcache eval {result.ocl_run} --store STORE")
+    elif result.ocl_run is not None:
+        console.print(f"next: featcache eval {result.ocl_run} --store STORE")
+
+
 @analyze_app.command("codes")
 def analyze_codes_command(
     store: Path = typer.Option(..., help="A store with a token set."),
@@ -232,7 +256,11 @@ def train_ocl_command(
 def eval_command(
     run: Path = typer.Argument(..., help="A train-ocl run folder."),
     store: Optional[Path] = typer.Option(None, help="Store to evaluate on (default: the run's training store)."),
-    protocol: str = typer.Option("vvo", help="vvo (background counted in mBO/mIoU) | dinosaur (ignored)."),
+    protocol: str = typer.Option(
+        "vvo",
+        help="featcache's own: vvo (background counted in mBO/mIoU) | dinosaur (not counted); each anchor's metric code "
+        "exactly: vvo-code | oclf | videosaur | videosaur-instances. Every choice is written to eval.json.",
+    ),
     view: str = typer.Option("center", help="View of the store to score."),
     limit: Optional[int] = typer.Option(None, help="Score at most this many images."),
     baseline: bool = typer.Option(False, "--baseline", help="Also score per-image kMeans on the same features."),
@@ -389,6 +417,27 @@ def bench_sweep(
     result = run_sweep_benchmark(work_dir, configs, seeds=seeds, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
     print_sweep_benchmark(result)
     _write_json(json_out, result)
+
+
+@bench_app.command("known-answer")
+def bench_known_answer(
+    method: list[str] = typer.Option([], "--method", help="perfect-slots/dinosaur-mlp | segments/dinosaur-mlp | tokens/vvo-tfd (repeatable; default all)."),
+    seeds: int = typer.Option(3, help="Seeds 0..N-1 of every method."),
+    config: list[Path] = typer.Option([], "--config", help="Config file layered after the method config and configs/ocl/known-answer.yaml (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE for every method (repeatable), e.g. lr_schedule=constant."),
+    train_images: int = typer.Option(1024, help="Scenes in the training store."),
+    validation_images: int = typer.Option(256, help="Held-out scenes every method is scored on."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    out: Path = typer.Option(Path("runs/known-answer"), help="Work folder (stores, runs, table, curves); finished seeds with the same settings are reused."),
+) -> None:
+    """Known-answer learning suite: FG-ARI on synthetic stores whose segmentation is known, against each task's bar."""
+    from featcache.bench.known_answer import featcache_methods, print_summary, run_suite, write_summary
+
+    methods = featcache_methods(list(method) or None, list(config), list(set_), device)
+    summary = run_suite(out, methods, list(range(seeds)), train_images=train_images, validation_images=validation_images)
+    paths = write_summary(summary, out)
+    print_summary(summary)
+    console.print(f"wrote {paths['csv']}, {paths['json']}, {paths['curves']} and {paths['png']}")
 
 
 @app.command("run")

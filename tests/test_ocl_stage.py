@@ -41,7 +41,7 @@ def store(ocl_store: Path) -> Path:
 
 
 #: Layer presets: not runnable alone, layered after every method config.
-PRESETS = ("tiny", "random-vfm")
+PRESETS = ("tiny", "random-vfm", "known-answer")
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS), ids=lambda p: p.stem)

@@ -54,6 +54,15 @@ class OCLTrainConfig:
     learning_rate: float = 2e-4
     warmup_fraction: float = 0.05
     final_lr_ratio: float = 1e-3
+    #: Learning-rate schedule: ``cosine`` (linear warm-up from lr/warmup at the first step, cosine to
+    #: final_lr_ratio at the last), ``vvo-cosine`` (VVO's CbLinearCosine: warm-up from 0, cosine one step later),
+    #: ``constant`` (warm-up from 0, then constant), ``exponential`` (OCLF's DINOSAUR: warm-up from 0, then the
+    #: lr halves every lr_half_life steps). See featcache.quantize.schedules.
+    lr_schedule: Literal["cosine", "vvo-cosine", "constant", "exponential"] = "cosine"
+    #: Warm-up length in steps (OCLF's DINOSAUR: 10000); null = warmup_fraction of the steps.
+    warmup_steps: int | None = None
+    #: Steps per halving of the lr in the ``exponential`` schedule (OCLF's DINOSAUR: 100000).
+    lr_half_life: int = 100000
     grad_clip: float = 1.0
     seed: int = 0
     #: Seed of the batch order and the view choice; None = ``seed``. Sweeps fix it so seeds vary only the
@@ -244,6 +253,8 @@ def evaluate_run(
     """
     run_dir = Path(run_dir)
     _, info = read_run(run_dir)
+    if store_path is None and info["store"]["path"] is None:
+        raise FeatcacheError(f"run {run_dir} was imported ({info['imported_from']['path']}) and trained on no featcache store: pass --store")
     store = FeatureStore(store_path or info["store"]["path"])
     target_device = resolve_device(device)
     model, config, info = load_ocl_run(run_dir, store, target_device)
@@ -262,13 +273,10 @@ def evaluate_run(
         "random_weights": store.weights_are_random,
         "view": view,
         "protocol": {
-            "name": protocol.name,
+            **protocol.describe(),
             "mask_source": model.config.mask_source,
             "resolution": store.layout.mask_size,
-            "background_in_mbo_miou": protocol.count_background,
-            "ignore_label": protocol.ignore_label,
             "overlaps": "pixels of overlapping instances are ignore pixels (set by the dataset adapter)",
-            "upsampling": protocol.upsampling,
         },
         "metrics": metrics.summary(),
         "evaluated": utc_now(),
@@ -292,7 +300,7 @@ def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_ki
     true = store.masks(indices, view=view).astype(np.int64)  # (N, M, M)
     size = true.shape[-1]
     clusters = kmeans_baseline(features, objects_per_image(true) + 1, output_size=(size, size), seed=0)
-    return MaskMetrics(**score_masks(true, clusters, protocol), clip_ari={}).summary()
+    return MaskMetrics(**score_masks(true, clusters, protocol), clip_ari={}, protocol=protocol).summary()
 
 
 def print_evaluation(result: dict[str, Any]) -> None:
