@@ -16,7 +16,7 @@ from featcache.aggregators import (
     SlotAttention,
     create_aggregator,
 )
-from featcache.config import merge
+from featcache.config import from_dict, merge
 from featcache.errors import ConfigError, FeatcacheError
 
 INPUT_DIM = 12
@@ -136,9 +136,9 @@ def test_slot_attention_noise_only_in_training() -> None:
     assert not torch.allclose(first, second)
 
 
-def test_bo_qsa_has_no_noise_in_training() -> None:
+def test_learned_queries_have_no_noise_in_training() -> None:
     torch.manual_seed(3)
-    aggregator = create_aggregator(tiny_config("bo_qsa"), INPUT_DIM).train()
+    aggregator = create_aggregator(replace(tiny_config("bo_qsa"), queries="learned", mlp_dropout=0.0), INPUT_DIM).train()
     inputs = tiny_inputs()
     with torch.no_grad():
         torch.testing.assert_close(aggregator(inputs).slots, aggregator(inputs).slots, rtol=0, atol=0)
@@ -146,7 +146,8 @@ def test_bo_qsa_has_no_noise_in_training() -> None:
 
 def test_bo_qsa_straight_through_keeps_values_and_feeds_the_queries() -> None:
     torch.manual_seed(4)
-    aggregator = create_aggregator(tiny_config("bo_qsa", iterations=3), INPUT_DIM)
+    # The BO-QSA paper's learned queries (deterministic, so the gradient check below is exact); no dropout.
+    aggregator = create_aggregator(replace(tiny_config("bo_qsa", iterations=3), queries="learned", mlp_dropout=0.0), INPUT_DIM)
     assert isinstance(aggregator, BOQSA)
     plain = copy.deepcopy(aggregator)
     plain.straight_through = False
@@ -195,12 +196,14 @@ def test_aggregator_config_validation() -> None:
         ("bo_qsa", {"queries": (1, 3, 16)}),
     ],
 )
-def test_name_defaults_keep_the_parameter_layout_of_older_runs(name: str, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Run folders saved before the query/MLP options load: same keys and shapes, dropout adds no weights."""
-    aggregator = create_aggregator(tiny_config(name), INPUT_DIM)
-    with_options = create_aggregator(
-        AggregatorConfig(name=name, num_slots=3, slot_dim=16, mlp_hidden=32, mlp_dropout=0.1, mlp_activation="gelu"), INPUT_DIM
-    )
+def test_configs_saved_before_the_options_keep_their_parameter_layout(name: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Run folders saved before the query/MLP options load: their configs (which lack the new fields) resolve to
+    the old queries, so keys and shapes are the old ones; dropout and the activation add no weights."""
+    saved = {"name": name, "num_slots": 3, "slot_dim": 16, "iterations": 3, "mlp_hidden": 32, "epsilon": 1e-8}
+    old = from_dict(AggregatorConfig, saved)
+    assert (old.renormalisation, old.mlp_activation, old.mlp_dropout, old.bias_init) == ("add_epsilon", "relu", 0.0, "torch")
+    aggregator = create_aggregator(old, INPUT_DIM)
+    with_options = create_aggregator(replace(old, mlp_dropout=0.1, mlp_activation="gelu"), INPUT_DIM)
     keys = {key: tuple(value.shape) for key, value in aggregator.state_dict().items()}
     assert keys == {key: tuple(value.shape) for key, value in with_options.state_dict().items()}
     assert {key: keys[key] for key in shapes} == shapes
@@ -237,8 +240,8 @@ def test_new_option_validation() -> None:
     with pytest.raises(ConfigError, match="mlp_dropout"):
         AggregatorConfig(mlp_dropout=1.0)
     with pytest.raises(ConfigError, match="query_mean_init"):
-        AggregatorConfig(name="bo_qsa", query_mean_init="zeros")
+        AggregatorConfig(name="bo_qsa", queries="learned", query_mean_init="zeros")
     with pytest.raises(ConfigError, match="per_slot_gaussian"):
         merge(AggregatorConfig(), {"queries": "nope"})
     merged = merge(AggregatorConfig(), {"queries": "shared_gaussian", "query_noise": "always", "straight_through": False})
-    assert merged.resolved_queries == "shared_gaussian" and not merged.resolved_straight_through
+    assert merged.queries == "shared_gaussian" and not merged.resolved_straight_through

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from featcache.config import from_dict
 from featcache.decoders.base import DecoderTargets
 from featcache.decoders.diffusion import DiffusionDecoder
 from featcache.decoders.diffusion_config import DiffusionDecoderConfig
@@ -18,7 +19,7 @@ SLOTS = 3
 
 
 def tiny_config(**overrides: object) -> DiffusionDecoderConfig:
-    settings: dict[str, object] = dict(timesteps=50, unet_channels=8, unet_levels=2, heads=2)
+    settings: dict[str, object] = dict(timesteps=50, unet="featcache", unet_channels=8, unet_levels=2, heads=2, dropout=0.0)
     settings.update(overrides)
     return DiffusionDecoderConfig(**settings)  # type: ignore[arg-type]
 
@@ -175,11 +176,15 @@ def test_sd_unet_trains_slots() -> None:
     assert all(parameter.grad is not None for parameter in decoder.parameters())
 
 
-def test_new_options_keep_the_default_decoder() -> None:
-    """Defaults: featcache's UNet, no dropout, and no new state-dict keys (old runs load)."""
+def test_defaults_are_vvo_and_saved_configs_keep_featcache_unet() -> None:
+    """Defaults: VVO's decoder (SD UNet, 8 heads, dropout 0.1); a config saved before issue 12 (without the new
+    fields) resolves to featcache's UNet without dropout, whose state dict has no new keys (old runs load)."""
     config = DiffusionDecoderConfig()
-    assert config.unet == "featcache" and config.dropout == 0.0
-    decoder = make_decoder()
+    assert (config.unet, config.heads, config.dropout) == ("sd", 8, 0.1)
+    saved = {"timesteps": 50, "beta_start": 0.0015, "beta_end": 0.0195, "unet_channels": 8, "unet_levels": 2, "heads": 2}
+    before = from_dict(DiffusionDecoderConfig, saved)
+    assert before.unet == "featcache" and before.dropout == 0.0
+    decoder = DiffusionDecoder(before, slot_dim=SLOT_DIM, code_dim=CODE_DIM, grid=(4, 4))
     assert not any("dropout" in key for key in decoder.state_dict())
     assert type(decoder.unet).__name__ == "ConditionalUNet"
 

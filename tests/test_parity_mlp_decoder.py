@@ -11,7 +11,7 @@ import pytest
 import torch
 from parity import assert_close, fixture_config, load_fixture
 
-from featcache.config import merge
+from featcache.config import from_dict, merge
 from featcache.decoders import DecoderTargets, MlpDecoder, MlpDecoderConfig
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.interop.vvo_mlp_decoder import (
@@ -141,9 +141,12 @@ def make(options: dict[str, Any], slot_dim: int = 256, grid: tuple[int, int] = (
 
 
 def test_position_and_bias_initialisations() -> None:
-    """Each anchor's initial position embedding and biases; the default draws exactly what it drew before."""
+    """Each anchor's initial position embedding and biases; featcache's previous default (what configs saved
+    before issue 12 resolve to) draws exactly what it drew before."""
+    assert {name: getattr(MlpDecoderConfig(), name) for name in VVO_MLP_OPTIONS} == VVO_MLP_OPTIONS
+    legacy = {name: getattr(from_dict(MlpDecoderConfig, {"hidden": 16, "layers": 2}), name) for name in VVO_MLP_OPTIONS}
     torch.manual_seed(1)
-    default = make({})
+    default = make(legacy)
     torch.manual_seed(1)
     assert torch.equal(default.position_embedding.data, torch.randn(1, 256, 256) * 0.02)
     vvo = make(VVO_MLP_OPTIONS).position_embedding.data  # N(0, 1) truncated to [-2, 2]: std 0.88

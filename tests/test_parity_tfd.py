@@ -9,12 +9,20 @@ import torch
 import torch.nn.functional as F
 from parity import assert_close, fixture_config, load_fixture
 
+from featcache.config import from_dict
 from featcache.decoders import DecoderConfig, DecoderTargets, TransformerDecoder, TransformerDecoderConfig
 from featcache.decoders.transformer import token_orders
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.interop.vvo_tfd import VVO_TFD_OPTIONS, map_vvo_tfd
 from featcache.ocl import OCLModel, OCLModelConfig
 from featcache.ocl.config import AggregatorConfig
+
+
+#: featcache's Tfd before issue 12 (what configs saved then resolve to).
+LEGACY_TFD: dict = {
+    "input_embedding": "learned", "bias": True, "first_norm": "layer", "final_norm": True, "readout_bias": True,
+    "bos_init": "normal_0.02", "position_init": "normal_0.02", "layer_init": "independent",
+}
 
 
 def vvo_decoder(tensors: dict[str, dict[str, torch.Tensor]], config: dict, **changes: object) -> TransformerDecoder:
@@ -100,10 +108,10 @@ def test_vvo_options_initialise_as_the_official_decoder() -> None:
     assert isinstance(decoder.input_embedding, torch.nn.Identity)  # code width = dim: read as they are
     projected = TransformerDecoder(tfd, 64, (4, 4), "tokens", 64, codebook_size=32, code_dim=8)
     assert isinstance(projected.input_embedding, torch.nn.Linear) and projected.input_embedding.in_features == 8
-    small = TransformerDecoderConfig(layers=2, dim=64, heads=2, feedforward=128)
-    default = TransformerDecoder(small, 64, (4, 4), "tokens", 64, codebook_size=32)
-    assert not torch.equal(default.layers[0].linear1.weight, default.layers[1].linear1.weight)
-    assert default.position_embedding.std() < 0.05 and default.needs == ("tokens",)
+    small = TransformerDecoderConfig(layers=2, dim=64, heads=2, feedforward=128, **LEGACY_TFD)
+    before = TransformerDecoder(small, 64, (4, 4), "tokens", 64, codebook_size=32)  # featcache before issue 12
+    assert not torch.equal(before.layers[0].linear1.weight, before.layers[1].linear1.weight)
+    assert before.position_embedding.std() < 0.05 and before.needs == ("tokens",)
 
 
 def test_codes_input_runs_with_nine_orders_and_checks_its_inputs() -> None:
@@ -179,11 +187,14 @@ def test_featcache_order_set_has_spots_corner_orders_in_another_sequence_and_ano
         assert ours[8][0] == 0 and spot[8][-1] == size - 1
 
 
-def test_default_config_fields_are_featcache_behaviour() -> None:
+def test_defaults_are_vvo_and_saved_configs_keep_their_decoder() -> None:
+    """The defaults are VVO's decoder; a config saved before issue 12 (without these fields) keeps featcache's."""
     default = TransformerDecoderConfig()
-    changed = {field.name for field in dataclasses.fields(default)} & set(VVO_TFD_OPTIONS)
-    assert all(getattr(default, name) != VVO_TFD_OPTIONS[name] for name in changed)
+    assert {name: getattr(default, name) for name in VVO_TFD_OPTIONS} == VVO_TFD_OPTIONS
     assert (default.order_set, default.order_draw) == ("featcache", "sample")
+    saved = {"layers": 2, "dim": 64, "heads": 4, "feedforward": 128, "dropout": 0.0, "orders": 1}
+    before = from_dict(TransformerDecoderConfig, saved)
+    assert {name: getattr(before, name) for name in LEGACY_TFD} == LEGACY_TFD
 
 
 def test_map_vvo_tfd_names_unknown_and_missing_keys() -> None:

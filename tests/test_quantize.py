@@ -31,7 +31,20 @@ from featcache.quantize import (
 
 CHANNELS = 16
 GRID = (8, 8)
-TINY_QUANTIZER = QuantizerConfig(codebook_size=32, code_dim=8, template_dim=16, encoder_layers=2)
+# featcache's previous quantizer semantics (squared distances, Gumbel noise scaled by the schedule, commitment to q, a
+# bias-free SimVQ projection, GroupNorm + SiLU in every encoder block): these tests pin them, as runs saved before
+# issue 12 use them; the defaults, VVO's official quantizer, are pinned by tests/test_parity_vq.py.
+TINY_QUANTIZER = QuantizerConfig(
+    codebook_size=32,
+    code_dim=8,
+    template_dim=16,
+    encoder_layers=2,
+    encoder_last_block="conv_norm_activation",
+    projection_bias=False,
+    code_similarity="squared_distance",
+    gumbel_scaling="noise",
+    commitment_target="quantized",
+)
 TINY_DECODER = DecoderConfig(channels=16, image_size=16)
 
 
@@ -442,8 +455,6 @@ def test_vvo_encoder_last_block_projection_bias_and_commitment_target() -> None:
     output = model.quantizer(random_features(), progress=0.25, training_noise=True)  # alpha 0.5
     z, q = output.z.detach(), output.quantized.detach()
     assert output.losses["commitment"].item() == pytest.approx(F.mse_loss(z, 0.5 * z + 0.5 * q).item(), rel=1e-5)
-    with pytest.raises(ConfigError, match="projection_bias"):
-        QuantizerConfig(simvq=False, projection_bias=True)
     with pytest.raises(ConfigError, match="gumbel_scaling"):
         merge(QuantizerConfig(), {"gumbel_scaling": "temperature"})
 

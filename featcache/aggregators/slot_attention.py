@@ -66,7 +66,7 @@ class IterativeSlotAttention(nn.Module):
         self.gru_on_normed_slots = config.gru_hidden == "normed_slots"
         #: Re-attach the last iteration's input to the initial slots (BO-QSA's bi-level gradient).
         self.straight_through = config.resolved_straight_through
-        self.query_kind = config.resolved_queries
+        self.query_kind = config.queries
         self.noise_in_eval = config.query_noise == "always"
         self.scale = 1.0 / math.sqrt(slot_dim)
         self.input_norm = nn.LayerNorm(input_dim)

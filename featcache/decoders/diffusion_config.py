@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from featcache.config import saved_before
 from featcache.errors import ConfigError
 
 UNETS = ("featcache", "sd")
@@ -31,16 +32,16 @@ class DiffusionDecoderConfig:
     timesteps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0195
-    unet: Literal["featcache", "sd"] = "featcache"
+    unet: Literal["featcache", "sd"] = "sd"
     unet_channels: int = 64
     unet_levels: int = 2
-    heads: int = 4
+    heads: int = 8
     sd_channels: tuple[int, ...] = (128, 256, 384, 512)
     sd_cross_attention: tuple[bool, ...] = (False, True, True, True)
     sd_layers: int = 2
     sd_transformer_layers: int = 1
     sd_norm_groups: int = 32
-    dropout: float = 0.0
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.unet not in UNETS:
@@ -72,3 +73,7 @@ class DiffusionDecoderConfig:
                     f"config key 'decoder.dfz.sd_channels' holds {channels}: every width must be divisible by "
                     f"sd_norm_groups={self.sd_norm_groups}, and by heads={self.heads} where the level attends"
                 )
+
+
+#: Before issue 12: featcache's own UNet, no dropout (heads were saved).
+saved_before(DiffusionDecoderConfig, {"unet": "featcache", "dropout": 0.0})

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featcache.config import saved_before
 from featcache.decoders.base import DecoderOutput, DecoderTargets, SlotDecoder
 from featcache.errors import ConfigError, FeatcacheError
 
@@ -41,10 +42,10 @@ class MlpDecoderConfig:
     hidden: int = 2048
     layers: int = 3
     #: Activation after each hidden Linear: ``relu`` (videosaur, OCLF) or ``gelu`` (VVO; exact, not tanh).
-    activation: Literal["relu", "gelu"] = "relu"
+    activation: Literal["relu", "gelu"] = "gelu"
     #: Initial position embedding: ``normal_0.02`` N(0, 0.02^2) (OCLF); ``trunc_normal_1`` N(0, 1) truncated
     #: to [-2, 2] (VVO); ``normal_inv_sqrt_dim`` N(0, 1/slot_dim) (videosaur).
-    position_init: Literal["normal_0.02", "trunc_normal_1", "normal_inv_sqrt_dim"] = "normal_0.02"
+    position_init: Literal["normal_0.02", "trunc_normal_1", "normal_inv_sqrt_dim"] = "trunc_normal_1"
     #: Initial Linear biases: ``torch`` PyTorch's uniform default (VVO, videosaur) or ``zero`` (OCLF).
     bias_init: Literal["torch", "zero"] = "torch"
 
@@ -148,3 +149,7 @@ class MlpDecoder(SlotDecoder):
             masks=alpha.reshape(batch_size, num_slots, height, width),
             reconstruction=reconstruction.reshape(batch_size, height, width, self.output_dim),
         )
+
+
+#: Before issue 12: ReLU and a position embedding of std 0.02.
+saved_before(MlpDecoderConfig, {"activation": "relu", "position_init": "normal_0.02", "bias_init": "torch"})

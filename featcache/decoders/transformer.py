@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featcache.config import saved_before
 from featcache.decoders.base import DecoderOutput, DecoderTargets, SlotDecoder
 from featcache.decoders.mlp import flat_target
 from featcache.errors import ConfigError, FeatcacheError
@@ -115,23 +116,23 @@ class TransformerDecoderConfig:
     order_draw: Literal["sample", "batch"] = "sample"
     #: What the decoder reads at each step (target ``tokens``): a ``learned`` embedding of the previous token,
     #: or its frozen VQ ``codes`` vector (VVO: the quantizer's output), projected when the code width != dim.
-    input_embedding: Literal["learned", "codes"] = "learned"
+    input_embedding: Literal["learned", "codes"] = "codes"
     #: Biases in the attention, feed-forward and LayerNorms of every layer (VVO: none).
-    bias: bool = True
+    bias: bool = False
     #: First LayerNorm: inside the ``layer`` (each layer's self-attention input) or on the ``input`` sequence
     #: before the stack, so the residual stream starts normalised (VVO: its first layer's norm moved out).
-    first_norm: Literal["layer", "input"] = "layer"
+    first_norm: Literal["layer", "input"] = "input"
     #: LayerNorm after the last layer, before the readout (VVO: none).
-    final_norm: bool = True
+    final_norm: bool = False
     #: Bias of the readout Linear (VVO: none).
-    readout_bias: bool = True
+    readout_bias: bool = False
     #: BOS initialisation: N(0, 0.02^2), or N(0, 1/dim) (VVO).
-    bos_init: Literal["normal_0.02", "normal_inv_sqrt_dim"] = "normal_0.02"
+    bos_init: Literal["normal_0.02", "normal_inv_sqrt_dim"] = "normal_inv_sqrt_dim"
     #: Position embedding initialisation: N(0, 0.02^2), or N(0, 1) truncated to [-2, 2] (VVO).
-    position_init: Literal["normal_0.02", "trunc_normal_1"] = "normal_0.02"
+    position_init: Literal["normal_0.02", "trunc_normal_1"] = "trunc_normal_1"
     #: Layers initialised ``independent``ly or as copies of one ``cloned`` layer (nn.TransformerDecoder's
     #: deep copies, which VVO uses).
-    layer_init: Literal["independent", "cloned"] = "independent"
+    layer_init: Literal["independent", "cloned"] = "cloned"
 
     def __post_init__(self) -> None:
         if not 1 <= self.orders <= MAX_ORDERS:
@@ -354,3 +355,22 @@ class TransformerDecoder(SlotDecoder):
             reconstruction = prediction.reshape(batch_size, height, width, -1)
         masks = attention.float().transpose(1, 2).reshape(batch_size, -1, height, width)  # (B, N, S) -> (B, S, h, w)
         return DecoderOutput(loss=loss, losses=losses, masks=masks, reconstruction=reconstruction)
+
+
+#: Before issue 12: a learned token embedding, biases, pre-norm in every layer plus a final norm, BOS and position
+#: embedding of std 0.02, independently initialised layers, featcache's nine orders drawn per sample.
+saved_before(
+    TransformerDecoderConfig,
+    {
+        "order_set": "featcache",
+        "order_draw": "sample",
+        "input_embedding": "learned",
+        "bias": True,
+        "first_norm": "layer",
+        "final_norm": True,
+        "readout_bias": True,
+        "bos_init": "normal_0.02",
+        "position_init": "normal_0.02",
+        "layer_init": "independent",
+    },
+)

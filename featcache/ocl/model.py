@@ -202,8 +202,12 @@ class OCLModel(nn.Module):
         )
 
     @torch.no_grad()
-    def predict_masks(self, features: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Evaluation masks (B, S, h, w) from ``mask_source``, computed in eval mode (no slot noise, no dropout).
+    def predict_masks(
+        self, features: torch.Tensor, tokens: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Evaluation masks (B, S, h, w) from ``mask_source``, computed in eval mode (no dropout; slot noise only
+        where the queries are sampled in evaluation too, ``query_noise: always``, drawn from ``generator`` so that an
+        evaluation is reproducible; None = torch's global generator).
 
         Attention masks need only the features; decoder masks run the decoder, which needs the same
         inputs as in training (``tokens`` when its target involves codes). The previous mode is restored.
@@ -211,9 +215,10 @@ class OCLModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            noise = self.draw_noise(features.shape[0], generator, features.device)
             if self.config.mask_source == "attention":
-                return self._grid_masks(self.aggregate(features).attention)
-            return self.forward(features, tokens).masks
+                return self._grid_masks(self.aggregate(features, noise["aggregator"]).attention)
+            return self.forward(features, tokens, noise).masks
         finally:
             self.train(was_training)
 

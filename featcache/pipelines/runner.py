@@ -265,6 +265,8 @@ def print_pipeline_result(result: PipelineResult) -> None:
     """The status table: one row per stage with status, why, seconds and what it did."""
     pipeline = result.pipeline
     title = f"pipeline {pipeline.name} ({pipeline.workdir})" + (" - dry run" if result.dry_run else "")
+    if pipeline.description:
+        title += f"\n{pipeline.description}"
     table = Table(title=title, title_justify="left")
     for column in ("stage", "kind", "status", "why", "seconds", "result"):
         table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from featcache.config import saved_before
 from featcache.errors import ConfigError
 
 EncoderLastBlock = Literal["conv_norm_activation", "conv"]
@@ -30,27 +31,27 @@ class QuantizerConfig:
     #: Code dimension D (256 for the Tfd/Mlp decoders, 4 for the diffusion decoder Dfz).
     code_dim: int = 256
     #: Dimension c0 of SimVQ's frozen random templates (K x c0, N(0, 1)).
-    template_dim: int = 256
+    template_dim: int = 1024
     #: Conv3x3-GroupNorm-SiLU blocks in the feature encoder.
     encoder_layers: int = 3
     #: Hidden channels of the encoder; 0 = the VFM's channels.
     encoder_channels: int = 0
     #: The encoder's last block: ``conv_norm_activation`` like the others, or ``conv``, a plain Conv3x3 that
     #: feeds the closing GroupNorm directly (VVO code).
-    encoder_last_block: EncoderLastBlock = "conv_norm_activation"
+    encoder_last_block: EncoderLastBlock = "conv"
     #: Codebook = frozen templates times a learnable projection (SimVQ); False = a plain learnable codebook.
     simvq: bool = True
-    #: Bias in SimVQ's projection W (VVO code: True).
-    projection_bias: bool = False
+    #: Bias in SimVQ's projection W (VVO code: True); a plain codebook (simvq: false) has no projection.
+    projection_bias: bool = True
     #: Similarity the noisy code choice is made on: ``squared_distance`` = -|z - c|^2;
     #: ``standardised_distance`` = (mu - |z - c|) / sigma with the chi distribution's mean and std for
     #: ``code_dim`` degrees of freedom (VVO code). Without noise both pick the nearest code.
-    code_similarity: CodeSimilarity = "squared_distance"
+    code_similarity: CodeSimilarity = "standardised_distance"
     #: Gumbel noise on the code similarities during pre-training.
     gumbel: bool = True
     #: What the scheduled Gumbel scale multiplies: ``noise`` (similarity + scale * G, more noise as it grows) or
     #: ``similarities`` (scale * similarity + G, an inverse temperature: less noise as it grows; VVO code).
-    gumbel_scaling: GumbelScaling = "noise"
+    gumbel_scaling: GumbelScaling = "similarities"
     #: Gumbel scale at the start of pre-training (log-cosine schedule).
     gumbel_scale_start: float = 1.0
     #: Gumbel scale at the end of pre-training.
@@ -66,7 +67,7 @@ class QuantizerConfig:
     alignment_weight: float = 1.0
     #: Target of the commitment loss: ``quantized`` MSE(z, sg(q)), or ``residual``
     #: MSE(z, sg(alpha * z + (1 - alpha) * q)), the decoder input's value (VVO code).
-    commitment_target: CommitmentTarget = "quantized"
+    commitment_target: CommitmentTarget = "residual"
     #: Weight of the commitment loss (0 switches it off).
     commitment_weight: float = 0.25
     #: Weight of MSE(z, sg(groupnorm(z))) (0 switches it off).
@@ -99,8 +100,6 @@ class QuantizerConfig:
                 raise ConfigError(
                     f"config key {name!r} must be one of {', '.join(get_args(kind))}, got {getattr(self, name)!r}"
                 )
-        if self.projection_bias and not self.simvq:
-            raise ConfigError("config key 'projection_bias' needs simvq: true (a plain codebook has no projection)")
         for name in ("alignment_weight", "commitment_weight", "normalisation_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must not be negative, got {getattr(self, name)}")
@@ -138,3 +137,19 @@ class DecoderConfig:
             )
         if self.architecture == "vvo" and self.target != "pixels":
             raise ConfigError("config key 'architecture' vvo needs target: pixels (it is an image decoder)")
+
+
+#: Before issue 12: every encoder block with GroupNorm and SiLU, a bias-free SimVQ projection, squared distances
+#: with Gumbel noise scaled by the schedule, commitment to q.
+saved_before(
+    QuantizerConfig,
+    {
+        "encoder_last_block": "conv_norm_activation",
+        "projection_bias": False,
+        "code_similarity": "squared_distance",
+        "gumbel_scaling": "noise",
+        "residual_alpha_end": 0.0,
+        "commitment_target": "quantized",
+    },
+)
+saved_before(DecoderConfig, {"architecture": "featcache", "body_channels": 64})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -78,6 +79,10 @@ class OCLTrainConfig:
     loader: Literal["auto", "memory", "stream"] = "auto"
 
 
+#: Seed of the slot noise drawn at evaluation where the queries are sampled in evaluation too (OCLF, videosaur).
+EVALUATION_NOISE_SEED = 0
+
+
 def data_seed(config: OCLTrainConfig) -> int:
     """The seed of the run's batch order and view choice (``data_seed``, else ``seed``)."""
     return config.seed if config.data_seed is None else config.data_seed
@@ -137,10 +142,17 @@ def ocl_validator(
     indices = validation.valid_indices()[: config.validation_images]
 
     def validate() -> dict[str, Any]:
-        metrics, _ = evaluate_masks(model.predict_masks, validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
+        predict = partial(model.predict_masks, generator=evaluation_generator(device))  # the same noise at every step
+        metrics, _ = evaluate_masks(predict, validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
         return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
 
     return validate
+
+
+def evaluation_generator(device: torch.device) -> torch.Generator:
+    """The generator of evaluation-time slot noise (``query_noise: always``): seeded alike for every evaluation,
+    so scores are reproducible and comparable across runs and steps."""
+    return torch.Generator(device=device).manual_seed(EVALUATION_NOISE_SEED)
 
 
 def ocl_run_info(store: FeatureStore, config: OCLTrainConfig, feature_kind: str, online: bool, device: torch.device) -> dict[str, Any]:
@@ -265,7 +277,16 @@ def evaluate_run(
     feature_kind = info["store"]["feature_kind"]
     indices = store.valid_indices()[:limit] if limit else store.valid_indices()
     metrics, examples = evaluate_masks(
-        model.predict_masks, store, indices, protocol, feature_kind, config.tokens or None, target_device, view, batch_size, show_progress
+        partial(model.predict_masks, generator=evaluation_generator(target_device)),
+        store,
+        indices,
+        protocol,
+        feature_kind,
+        config.tokens or None,
+        target_device,
+        view,
+        batch_size,
+        show_progress,
     )
     result: dict[str, Any] = {
         "run": str(run_dir),
