@@ -1,7 +1,7 @@
 """`featcache import-vvo`: official VVO checkpoints, end to end from features, equal featcache's imported models.
 
 Fixtures (tests/fixtures/parity/):
-- ``vvo_{tfd,mlp,dfz}_e2e.safetensors``: the official VVOTfd / VVOMlp / VVODfz (Genera1Z/VQ-VFM-OCL, random
+- ``vvo_{tfd,mlp,dfz,dinosaur}_e2e.safetensors``: the official VVOTfd / VVOMlp / VVODfz / DINOSAUR (Genera1Z/VQ-VFM-OCL, random
   weights, an Identity backbone so features go in) in eval mode: its state dict (``weights.m.*``, exactly what
   ``ModelWrap.save`` writes), the features and every output (tokens, codes, slots, attention, decoder outputs).
 - ``vvo_tfd_dino2s14_4x4.pth``: a checkpoint written by the official ``ModelWrap.save`` for 384-channel
@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from featcache.cli import app
-from featcache.errors import FeatcacheError
+from featcache.errors import ConfigError, FeatcacheError
 from featcache.interop.vvo_checkpoint import ocl_model_config, ocl_state_dict, quantizer_parts, read_vvo_checkpoint
 from featcache.ocl import OCLModel
 from featcache.quantize.model import VQModel
@@ -34,7 +34,7 @@ def official_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, dict, dict]:
     return path, tensors, fixture_config(metadata)
 
 
-@pytest.mark.parametrize("kind", ["tfd", "mlp", "dfz"])
+@pytest.mark.parametrize("kind", ["tfd", "mlp", "dfz", "dinosaur"])
 def test_imported_model_equals_the_official_model_end_to_end(kind: str, tmp_path: Path) -> None:
     path, tensors, config = official_checkpoint(kind, tmp_path)
     features, expected = tensors["input"]["features"], tensors["output"]  # (B, h, w, C)
@@ -42,15 +42,17 @@ def test_imported_model_equals_the_official_model_end_to_end(kind: str, tmp_path
     checkpoint = read_vvo_checkpoint(path)
     assert checkpoint.kind == kind
 
-    quantizer, vq_decoder, vq_state, codebook = quantizer_parts(checkpoint, grid)
-    vq = VQModel(quantizer, vq_decoder, config["C"], grid).eval()
-    vq.load_state_dict(vq_state, strict=True)
-    tokens, _ = vq.tokenize(features)
-    assert torch.equal(tokens, expected["zidx"].long())
-    assert_close(codebook[tokens].permute(0, 3, 1, 2), expected["quant"], what="codes")
+    codebook = tokens = None
+    if kind != "dinosaur":  # VVO's DINOSAUR has no quantizer
+        quantizer, vq_decoder, vq_state, codebook = quantizer_parts(checkpoint, grid)
+        vq = VQModel(quantizer, vq_decoder, config["C"], grid).eval()
+        vq.load_state_dict(vq_state, strict=True)
+        tokens, _ = vq.tokenize(features)
+        assert torch.equal(tokens, expected["zidx"].long())
+        assert_close(codebook[tokens].permute(0, 3, 1, 2), expected["quant"], what="codes")
 
     # What the weights cannot tell, set as the fixture's official model had it (the official configs: 4, 8, 32).
-    cannot_tell = {"tfd": {"tfd": {"heads": 2}}, "mlp": {}, "dfz": {"dfz": {"heads": 4, "sd_norm_groups": 4}}}[kind]
+    cannot_tell = {"tfd": {"tfd": {"heads": 2}}, "dfz": {"dfz": {"heads": 4, "sd_norm_groups": 4}}}.get(kind, {})
     model_config = ocl_model_config(checkpoint, {"decoder": cannot_tell})
     model = OCLModel(model_config, config["C"], grid, codebook).eval()
     model.load_state_dict(ocl_state_dict(checkpoint, model), strict=True)
@@ -62,9 +64,9 @@ def test_imported_model_equals_the_official_model_end_to_end(kind: str, tmp_path
         if kind == "tfd":
             logits, _ = model.decoder.predict(aggregated.slots, targets)  # (B, N, K)
             assert_close(logits.transpose(1, 2).reshape(expected["recon"].shape), expected["recon"], what="logits")
-        elif kind == "mlp":
+        elif kind in ("mlp", "dinosaur"):
             decoded = model.decoder(aggregated.slots, targets)
-            recon = decoded.reconstruction.permute(0, 3, 1, 2)  # (B, codes + features, h, w)
+            recon = decoded.reconstruction.permute(0, 3, 1, 2)  # (B, [codes +] features, h, w)
             assert_close(recon, expected["recon"], what="reconstruction")
             assert_close(decoded.masks, expected["attent2"], what="decoder masks")
         else:
@@ -98,6 +100,15 @@ def test_bad_checkpoints_fail_in_one_line(tmp_path: Path) -> None:
     torch.save({"m.encode_backbone.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(FeatcacheError, match="not a VVO checkpoint featcache can import"):
         read_vvo_checkpoint(tmp_path / "other.pth")
+
+
+def test_import_vvo_refuses_bad_input_before_writing_anything(tmp_path: Path) -> None:
+    path, _, _ = official_checkpoint("dinosaur", tmp_path)
+    with pytest.raises(FeatcacheError, match="reads 24-channel features; --vfm dino2-s14 gives 384"):
+        import_vvo(path, tmp_path / "wrong-vfm")
+    with pytest.raises(ConfigError, match="decoder.tfd.heads"):
+        import_vvo(FIXTURES / "vvo_tfd_dino2s14_4x4.pth", tmp_path / "bad-set", overrides=["model.decoder.tfd.heads=3"])
+    assert not (tmp_path / "wrong-vfm").exists() and not (tmp_path / "bad-set").exists()
 
 
 def test_import_vvo_then_tokenize_and_eval_on_a_store(ocl_store: Path, tmp_path: Path) -> None:

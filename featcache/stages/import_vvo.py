@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from featcache.config import deep_update, merge, parse_overrides, to_dict
 from featcache.encoders import ENCODERS
@@ -36,7 +35,7 @@ from featcache.quantize.model import VQModel
 from featcache.stages.train_ocl import OCLTrainConfig
 from featcache.stages.train_vq import VQTrainConfig
 from featcache.store.writer import utc_now
-from featcache.training.checkpoint import RUN_NAME, prepare_run_folder, save_checkpoint
+from featcache.training.checkpoint import WEIGHTS_NAME, prepare_run_folder, save_checkpoint
 
 #: Saved as train_state.pt: an imported run has no optimizer state, so ``--resume`` is refused by name.
 IMPORTED_STATE_KEY = "imported_from"
@@ -87,57 +86,48 @@ def import_vvo(
     sha256 = file_sha256(checkpoint.path)
     out = Path(out)
     channels = feature_channels(checkpoint)
+    if channels != ENCODERS.get(vfm).channels:
+        raise FeatcacheError(f"{checkpoint.path} reads {channels}-channel features; --vfm {vfm} gives {ENCODERS.get(vfm).channels}")
     grid = checkpoint_grid(checkpoint, grid)
     features = expected_features(vfm, channels, grid, checkpoint, sha256)
     source = {"path": str(checkpoint.path), "sha256": sha256, "kind": checkpoint.kind, "format": "Genera1Z/VQ-VFM-OCL ModelWrap.save"}
-    if checkpoint.kind != "vq" and ENCODERS.get(vfm) and channels != _vfm_channels(vfm):
-        raise FeatcacheError(f"{checkpoint.path} reads {channels}-channel features; --vfm {vfm} gives {_vfm_channels(vfm)}")
 
-    vq_run = codebook = vq_sha = None
-    if "mediat" in {key.split(".", 1)[0] for key in checkpoint.state}:
+    # Everything is built and checked before anything is written, so a bad --set leaves no half-imported folder.
+    vq_model = ocl_model = None
+    if checkpoint.kind != "dinosaur":  # VVO's DINOSAUR has no quantizer
         quantizer_config, decoder_config, vq_state, codebook = quantizer_parts(checkpoint, grid)
         vq_config = VQTrainConfig(quantizer=quantizer_config, decoder=decoder_config, feature_kind="final_norm")
         vq_model = VQModel(quantizer_config, decoder_config, channels, grid)
         vq_model.load_state_dict(vq_state, strict=True)
-        vq_run = out / "vq"
+    if checkpoint.kind != "vq":
+        changes = parse_overrides(overrides or [])
+        model_config = ocl_model_config(checkpoint, changes.pop("model", None))
+        uses_tokens = checkpoint.kind != "dinosaur"
+        config = merge(OCLTrainConfig(model=model_config), deep_update({"tokens": tokens if uses_tokens else "", "feature_kind": "final_norm"}, changes))
+        ocl_model = OCLModel(config.model, channels, grid, codebook if uses_tokens else None)
+        ocl_model.load_state_dict(ocl_state_dict(checkpoint, ocl_model), strict=True)
+
+    vq_run = out / "vq" if vq_model is not None else None
+    ocl_run = out / "ocl" if ocl_model is not None else None
+    for run_dir in (vq_run, ocl_run):
+        if run_dir is not None:
+            prepare_run_folder(run_dir, {}, resume=False)  # refuses a folder that already holds a run
+    if vq_model is not None:
         info = {"stage": "vq", "created": utc_now(), "imported_from": source, "store": features, "versions": library_versions()}
-        _write_run(vq_run, vq_model, to_dict(vq_config), info, source)
-        vq_sha = _weights_sha(vq_run)
-    if checkpoint.kind == "vq":
-        return ImportResult(kind=checkpoint.kind, vq_run=vq_run, ocl_run=None, tokens=None)
-
-    uses_tokens = checkpoint.kind != "dinosaur"
-    changes = parse_overrides(overrides or [])
-    config = merge(OCLTrainConfig(), deep_update({"tokens": tokens if uses_tokens else "", "feature_kind": "final_norm"}, changes))
-    config = merge(config, {"model": to_dict(ocl_model_config(checkpoint, changes.get("model")))})
-    model = OCLModel(config.model, channels, grid, codebook if uses_tokens else None)
-    model.load_state_dict(ocl_state_dict(checkpoint, model), strict=True)
-    ocl_run = out / "ocl"
-    token_info = {"name": tokens, "vq": {"run": str(vq_run), "weights_sha256": vq_sha}} if uses_tokens else None
-    info = {
-        "stage": "ocl",
-        "created": utc_now(),
-        "imported_from": source,
-        "store": features,
-        "tokens": token_info,
-        "online": False,
-        "device": "cpu",
-        "versions": library_versions(),
-    }
-    _write_run(ocl_run, model, to_dict(config), info, source)
-    return ImportResult(kind=checkpoint.kind, vq_run=vq_run, ocl_run=ocl_run, tokens=tokens if uses_tokens else None)
-
-
-def _vfm_channels(vfm: str) -> int:
-    return int(ENCODERS.get(vfm).channels)
-
-
-def _write_run(run_dir: Path, model: torch.nn.Module, config: dict[str, Any], info: dict[str, Any], source: dict[str, Any]) -> None:
-    prepare_run_folder(run_dir, config, resume=False)
-    save_checkpoint(run_dir, model, config, info, {IMPORTED_STATE_KEY: source})
-
-
-def _weights_sha(run_dir: Path) -> str:
-    import json
-
-    return json.loads((run_dir / RUN_NAME).read_text())["weights_sha256"]
+        save_checkpoint(vq_run, vq_model, to_dict(vq_config), info, {IMPORTED_STATE_KEY: source})
+    imported_tokens = None
+    if ocl_model is not None:
+        imported_tokens = config.tokens or None
+        vq_weights = {"run": str(vq_run), "weights_sha256": file_sha256(vq_run / WEIGHTS_NAME)} if vq_run else None
+        info = {
+            "stage": "ocl",
+            "created": utc_now(),
+            "imported_from": source,
+            "store": features,
+            "tokens": {"name": tokens, "vq": vq_weights} if config.tokens else None,
+            "online": False,
+            "device": "cpu",
+            "versions": library_versions(),
+        }
+        save_checkpoint(ocl_run, ocl_model, to_dict(config), info, {IMPORTED_STATE_KEY: source})
+    return ImportResult(kind=checkpoint.kind, vq_run=vq_run, ocl_run=ocl_run, tokens=imported_tokens)
