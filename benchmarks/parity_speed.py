@@ -48,13 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # featcache from this checkout
 
 from featcache.decoders import DecoderTargets  # noqa: E402
-from featcache.interop.vvo_checkpoint import (  # noqa: E402
-    VVOCheckpoint,
-    detect_kind,
-    ocl_model_config,
-    ocl_state_dict,
-    quantizer_parts,
-)
+from featcache.interop.vvo_checkpoint import VVOCheckpoint, detect_kind, ocl_model_config, ocl_state_dict, quantizer_parts  # noqa: E402
 from featcache.interop.vvo_dfz import vvo_dfz_key  # noqa: E402
 from featcache.interop.vvo_mlp_decoder import map_mlp_decoder  # noqa: E402
 from featcache.interop.vvo_slots import map_projection, map_slot_attention  # noqa: E402

@@ -130,8 +130,10 @@ def train_vq_command(
 ) -> None:
     """Pre-train the VVO quantizer on cached features (only the quantizer and its decoder train)."""
     from featcache.config import load_config
-    from featcache.stages.train_vq import VQTrainConfig, read_run_config, train_vq
+    from featcache.training.config import VQTrainConfig
     from featcache.training.loop import print_result
+    from featcache.training.runs import read_run_config
+    from featcache.training.vq import train_vq
 
     if resume and config is None:
         train_config = read_run_config(out, VQTrainConfig, list(set_))
@@ -191,8 +193,7 @@ def analyze_codes_command(
     out: Optional[Path] = typer.Option(None, help="Folder for codes.json and PNG plots; default runs/analysis/<store>-<tokens>."),
 ) -> None:
     """Code usage, dead codes, perplexity, nearest-neighbour distances (faiss), quantization error, codes per image."""
-    from featcache.analysis.codes import print_code_table
-    from featcache.analysis.separability import analyze_codes
+    from featcache.analysis.codes import analyze_codes, print_code_table
 
     out_dir = out or Path("runs") / "analysis" / f"{store.stem}-{tokens}"
     statistics = analyze_codes(store, tokens, out_dir)
@@ -212,12 +213,7 @@ def analyze_separability_command(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
 ) -> None:
     """Do the features separate objects? Intra/inter-object distances and per-image kMeans ARI / FG-ARI."""
-    from featcache.analysis.separability import (
-        analyze_separability,
-        print_separability_table,
-        write_separability_csv,
-        write_separability_json,
-    )
+    from featcache.analysis.separability import analyze_separability, print_separability_table, write_separability_csv, write_separability_json
 
     rows = analyze_separability(list(store), view=view, limit=limit, token_name=tokens, pca_dims=pca_dims, seed=seed)
     print_separability_table(rows)
@@ -240,9 +236,10 @@ def train_ocl_command(
 ) -> None:
     """Train an OCL model (aggregator + decoder only) straight from cached features and tokens."""
     from featcache.config import load_config
-    from featcache.stages.train_ocl import OCLTrainConfig, train_ocl
-    from featcache.stages.train_vq import read_run_config
+    from featcache.training.config import OCLTrainConfig
     from featcache.training.loop import print_result
+    from featcache.training.ocl import train_ocl
+    from featcache.training.runs import read_run_config
 
     if resume and not config:
         train_config = read_run_config(out, OCLTrainConfig, list(set_))
@@ -269,7 +266,7 @@ def eval_command(
     masks: Optional[str] = typer.Option(None, help="attention | decoder: masks to score (default: the run's mask_source)."),
 ) -> None:
     """ARI, FG-ARI, mBO, mIoU (Hungarian) with the protocol recorded; rich table, JSON and a PNG grid."""
-    from featcache.stages.train_ocl import evaluate_run, print_evaluation
+    from featcache.stages.evaluate import evaluate_run, print_evaluation
 
     result = evaluate_run(run, store, protocol_name=protocol, view=view, limit=limit, baseline=baseline, out=out, device=device,
                           mask_source=masks)
@@ -327,7 +324,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Summarise a store: provenance, layout, completeness and bytes on disk."""
-    from featcache.inspect import print_store_summary, store_summary
+    from featcache.store.summary import print_store_summary, store_summary
 
     summary = store_summary(store)
     if as_json:
@@ -339,7 +336,7 @@ def info(
 @app.command()
 def encoders() -> None:
     """List the registered VFMs with their default configs."""
-    from featcache.inspect import print_encoders
+    from featcache.encoders.table import print_encoders
 
     print_encoders()
 

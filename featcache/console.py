@@ -6,15 +6,7 @@ import sys
 import warnings
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 #: Width for output that is not a terminal (pipes, logs, CI): wide enough that tables are not truncated.
 _PIPE_WIDTH = 200

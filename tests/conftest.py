@@ -69,9 +69,10 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
 
     Session-scoped and read-only: the OCL stage, sweep and report tests share it.
     """
-    from featcache.quantize import DecoderConfig, QuantizerConfig
+    from featcache.quantize import QuantizerConfig, VQDecoderConfig
     from featcache.stages.tokenize import tokenize_store
-    from featcache.stages.train_vq import VQTrainConfig, train_vq
+    from featcache.training.config import VQTrainConfig
+    from featcache.training.vq import train_vq
 
     root = tmp_path_factory.mktemp("ocl")
     out = root / "store.zarr"
@@ -80,7 +81,7 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
         for name, code_dim in (("vvo-c256", 8), ("vvo-c4", 4)):
             vq = VQTrainConfig(
                 quantizer=QuantizerConfig(codebook_size=16, code_dim=code_dim, template_dim=8, encoder_layers=1, encoder_channels=16),
-                decoder=DecoderConfig(target="pixels", channels=8, image_size=32),
+                decoder=VQDecoderConfig(target="pixels", channels=8, image_size=32),
                 steps=10, batch_size=8, log_every=5, checkpoint_every=10, loader="memory",
             )
             train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)

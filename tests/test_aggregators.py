@@ -9,13 +9,7 @@ from typing import get_args, get_type_hints
 import pytest
 import torch
 
-from featcache.aggregators import (
-    AGGREGATORS,
-    BOQSA,
-    AggregatorConfig,
-    SlotAttention,
-    create_aggregator,
-)
+from featcache.aggregators import AGGREGATORS, BOQSA, AggregatorConfig, SlotAttention, create_aggregator
 from featcache.config import from_dict, merge
 from featcache.errors import ConfigError, FeatcacheError
 

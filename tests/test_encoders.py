@@ -15,16 +15,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from featcache.encoders import (
-    ENCODERS,
-    DinoV2Encoder,
-    FrozenEncoder,
-    Sam2Encoder,
-    apply_final_norm,
-    create_encoder,
-    list_encoders,
-    state_dict_sha256,
-)
+from featcache.encoders import ENCODERS, DinoV2Encoder, FrozenEncoder, Sam2Encoder, apply_final_norm, create_encoder, list_encoders, state_dict_sha256
 from featcache.errors import FeatcacheError, WeightsError
 
 #: Small test resolutions: multiples of the ViT patch (14) or Hiera's coarsest stride (32). dino2-b14 is only

@@ -23,8 +23,7 @@ from featcache.datasets import open_dataset
 from featcache.encoders import create_encoder
 from featcache.errors import DatasetError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
-from featcache.store import FeatureStore, read_attributes
-from featcache.store import schema
+from featcache.store import FeatureStore, read_attributes, schema
 
 
 def chunk_files(store: Path) -> dict[str, bytes]:

@@ -16,11 +16,13 @@ from featcache.aggregators.slot_attention import gru_update
 from featcache.config import from_dict, load_config
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.ocl import OCLModel
-from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, train_ocl
+from featcache.stages.evaluate import evaluate_run
 from featcache.training.checkpoint import read_run
+from featcache.training.config import OCLTrainConfig
 from featcache.training.fused import FusedSeeds, dropout_keys, train_ocl_fused_seeds
 from featcache.training.loop import LoopRun
 from featcache.training.metrics_log import MetricsLog
+from featcache.training.ocl import train_ocl
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
 SEEDS = (0, 1)

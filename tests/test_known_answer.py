@@ -49,9 +49,11 @@ from featcache.bench.known_answer import (
 )
 from featcache.config import from_dict
 from featcache.errors import FeatcacheError
-from featcache.stages.evaluate import labels_from_patch_masks
-from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, train_ocl
+from featcache.metrics.protocols import labels_from_patch_masks
+from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore
+from featcache.training.config import OCLTrainConfig
+from featcache.training.ocl import train_ocl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

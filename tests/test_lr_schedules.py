@@ -28,18 +28,11 @@ import torch
 
 from featcache.config import load_config
 from featcache.errors import ConfigError
-from featcache.quantize.schedules import (
-    scheduled_lr,
-    vvo_linear_cosine_lr,
-    warmup_constant_lr,
-    warmup_cosine_lr,
-    warmup_exponential_lr,
-)
-from featcache.stages.train_ocl import OCLTrainConfig
-from featcache.stages.train_vq import VQTrainConfig
+from featcache.training.config import OCLTrainConfig, VQTrainConfig
 from featcache.training.loader import Batch
 from featcache.training.loop import LoopSettings, train_loop
 from featcache.training.metrics_log import MetricsLog
+from featcache.training.schedule import scheduled_lr, vvo_linear_cosine_lr, warmup_constant_lr, warmup_cosine_lr, warmup_exponential_lr
 
 #: OCLF DINOSAUR, lr 4e-4: step -> lr.
 OCLF_DINOSAUR_EXPONENTIAL = {0: 0.0, 1: 4e-08, 5000: 0.0002, 9999: 0.00039996000000000004, 10000: 0.0004, 10001: 0.00039999722742088684, 60000: 0.000282842712474619, 110000: 0.0002, 210000: 0.0001, 499999: 1.3397261144119721e-05}

@@ -24,7 +24,7 @@ import torch
 from featcache.datasets.base import IGNORE_LABEL
 from featcache.errors import FeatcacheError
 from featcache.metrics import MetricInputError, adjusted_rand_index, mean_of_batch_means, object_discovery_metrics
-from featcache.stages.evaluate import METRIC_NAMES, PROTOCOLS, MaskMetrics, Protocol, evaluate_masks, get_protocol, score_masks
+from featcache.metrics.protocols import METRIC_NAMES, PROTOCOLS, MaskMetrics, Protocol, evaluate_masks, get_protocol, score_masks
 from tests.parity import fixture_config, load_fixture
 
 FIXTURE = "metrics_protocols"

@@ -20,10 +20,12 @@ from featcache.config import load_config
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.extraction import ExtractConfig, extract
-from featcache.stages.evaluate import labels_from_patch_masks
-from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, evaluation_generator, load_ocl_run, train_ocl
-from featcache.store import FeatureStore
-from featcache.store import schema
+from featcache.metrics.protocols import labels_from_patch_masks
+from featcache.stages.evaluate import evaluate_run
+from featcache.store import FeatureStore, schema
+from featcache.training.config import OCLTrainConfig
+from featcache.training.ocl import train_ocl
+from featcache.training.runs import evaluation_generator, load_ocl_run
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
 

@@ -18,8 +18,8 @@ from featcache.aggregators import AggregatorConfig, create_aggregator
 from featcache.config import from_dict, to_dict
 from featcache.errors import FeatcacheError
 from featcache.interop.vvo_slots import (
-    VVO_AGGREGATOR_OPTIONS,
     VIDEOSAUR_AGGREGATOR_OPTIONS,
+    VVO_AGGREGATOR_OPTIONS,
     map_projection,
     map_slot_attention,
     map_videosaur_slot_attention,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,6 @@ from featcache.errors import ConfigError, FeatcacheError
 from featcache.interop.vvo_tfd import VVO_TFD_OPTIONS, map_vvo_tfd
 from featcache.ocl import OCLModel, OCLModelConfig
 from featcache.ocl.config import AggregatorConfig
-
 
 #: featcache's Tfd before issue 12 (what configs saved then resolve to).
 LEGACY_TFD: dict = {

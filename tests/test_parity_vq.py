@@ -15,21 +15,8 @@ import pytest
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.interop.vvo_vq import (
-    map_decoder,
-    map_quantizer,
-    official_decoder_config,
-    official_quantizer_config,
-    quantizer_key_map,
-)
-from featcache.quantize import (
-    QuantizerConfig,
-    VectorQuantizer,
-    VQModel,
-    VVOPixelDecoder,
-    gumbel_scale,
-    residual_alpha,
-)
+from featcache.interop.vvo_vq import map_decoder, map_quantizer, official_decoder_config, official_quantizer_config, quantizer_key_map
+from featcache.quantize import QuantizerConfig, VectorQuantizer, VQModel, VVOPixelDecoder, gumbel_scale, residual_alpha
 from tests.parity import assert_close, fixture_config, load_fixture
 
 FIXTURES = ["vvo_vq", "vvo_vq_c4"]

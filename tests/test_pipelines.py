@@ -20,8 +20,9 @@ from featcache.config import load_config, repo_root
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipelines import STAGE_KINDS, load_pipeline, plan_pipeline, run_pipeline, run_quickstart
 from featcache.pipelines.runner import fingerprints
-from featcache.stages.train_vq import VQTrainConfig, train_vq
 from featcache.store import FeatureStore
+from featcache.training.config import VQTrainConfig
+from featcache.training.vq import train_vq
 
 #: A CPU-tiny VQ (the OCL tests' sizes): 16 codes, 32 px pixel decoder.
 TINY_VQ = {

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from featcache.config import merge
 from featcache.errors import ConfigError
 from featcache.quantize import (
-    DecoderConfig,
     QuantizerConfig,
     SimVQCodebook,
+    VQDecoderConfig,
     VQModel,
     chi_moments,
     code_similarities,
@@ -26,8 +26,8 @@ from featcache.quantize import (
     residual_alpha,
     squared_distances,
     upsampling_stages,
-    warmup_cosine_lr,
 )
+from featcache.training.schedule import warmup_cosine_lr
 
 CHANNELS = 16
 GRID = (8, 8)
@@ -45,10 +45,10 @@ TINY_QUANTIZER = QuantizerConfig(
     gumbel_scaling="noise",
     commitment_target="quantized",
 )
-TINY_DECODER = DecoderConfig(channels=16, image_size=16)
+TINY_DECODER = VQDecoderConfig(channels=16, image_size=16)
 
 
-def tiny_model(decoder: DecoderConfig = TINY_DECODER, **quantizer_changes: object) -> VQModel:
+def tiny_model(decoder: VQDecoderConfig = TINY_DECODER, **quantizer_changes: object) -> VQModel:
     torch.manual_seed(0)
     return VQModel(replace(TINY_QUANTIZER, **quantizer_changes), decoder, CHANNELS, GRID)
 
@@ -308,12 +308,12 @@ def test_decoder_shapes_and_upsampling_stage_count() -> None:
     with pytest.raises(ConfigError, match="power of two"):
         upsampling_stages(16, 96)
     with pytest.raises(ConfigError, match="power of two"):
-        tiny_model(decoder=DecoderConfig(channels=16, image_size=24))
+        tiny_model(decoder=VQDecoderConfig(channels=16, image_size=24))
     features = random_features(batch=2)
-    pixels = tiny_model(decoder=DecoderConfig(channels=16, image_size=32, layers_per_stage=2))
+    pixels = tiny_model(decoder=VQDecoderConfig(channels=16, image_size=32, layers_per_stage=2))
     assert len(pixels.decoder.stages) == 2
     assert pixels(features, torch.zeros(2, 3, 32, 32), progress=0.0).reconstruction.shape == (2, 3, 32, 32)
-    feature_model = tiny_model(decoder=DecoderConfig(target="features", channels=16))
+    feature_model = tiny_model(decoder=VQDecoderConfig(target="features", channels=16))
     output = feature_model(features, features.float(), progress=0.0)
     assert output.reconstruction.shape == (2, *GRID, CHANNELS)
     with pytest.raises(ValueError, match="targets"):
@@ -337,7 +337,7 @@ def test_configs_merge_from_yaml_values_and_reject_bad_ones() -> None:
     with pytest.raises(ConfigError, match="codebook_size"):
         merge(QuantizerConfig(), {"codebook_size": 0})
     with pytest.raises(ConfigError, match="target"):
-        merge(DecoderConfig(), {"target": "tokens"})
+        merge(VQDecoderConfig(), {"target": "tokens"})
 
 
 def test_decoding_tokens_equals_the_quantized_reconstruction() -> None:
@@ -468,10 +468,10 @@ def test_residual_alpha_end_holds_after_the_anneal() -> None:
 
 
 def test_vvo_decoder_architecture_upsamples_by_eight_only() -> None:
-    decoder = DecoderConfig(architecture="vvo", channels=16, body_channels=8, image_size=64)
+    decoder = VQDecoderConfig(architecture="vvo", channels=16, body_channels=8, image_size=64)
     output = tiny_model(decoder=decoder)(random_features(batch=2), torch.zeros(2, 3, 64, 64), progress=0.0)
     assert output.reconstruction.shape == (2, 3, 64, 64)
     with pytest.raises(ConfigError, match="8 x"):
         tiny_model(decoder=replace(decoder, image_size=32))
     with pytest.raises(ConfigError, match="architecture"):
-        DecoderConfig(architecture="vvo", target="features")
+        VQDecoderConfig(architecture="vvo", target="features")

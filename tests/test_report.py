@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import run_cli  # the CLI test helper: main() with its one-line errors and exit codes
+from test_sweep import OCL, tiny_spec
 
 from featcache.errors import FeatcacheError
 from featcache.sweeps import run_sweep, write_report
 from featcache.sweeps.report import mean_loss_curve
 from featcache.sweeps.results import format_mean_std
-from test_cli import run_cli  # the CLI test helper: main() with its one-line errors and exit codes
-from test_sweep import OCL, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny runs
 

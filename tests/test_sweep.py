@@ -13,14 +13,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_cli import run_cli  # the CLI test helper: main() with its one-line errors and exit codes
 
 from featcache.errors import ConfigError, FeatcacheError, StoreError
-from featcache.stages.train_ocl import train_ocl
-from featcache.sweeps import SweepSpec, expand_runs, load_sweep_spec, run_sweep
-from featcache.sweeps import execute
+from featcache.sweeps import SweepSpec, execute, expand_runs, load_sweep_spec, run_sweep
 from featcache.sweeps.results import mean_std, summarise
 from featcache.sweeps.spec import Configuration, config_sha
-from test_cli import run_cli  # the CLI test helper: main() with its one-line errors and exit codes
+from featcache.training.ocl import train_ocl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny runs (the dask workers use one thread too)
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache.datasets import open_dataset, write_synthetic
-from featcache.datasets import synth
+from featcache.datasets import open_dataset, synth, write_synthetic
 from featcache.errors import DatasetError
 
 SIZE = 64

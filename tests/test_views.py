@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from featcache.errors import FeatcacheError
-from featcache.views import (
-    RANDOM_CROP_RATIO,
-    crop_params,
-    default_views,
-    resize_crop_image,
-    resize_crop_mask,
-)
+from featcache.views import RANDOM_CROP_RATIO, crop_params, default_views, resize_crop_image, resize_crop_mask
 
 
 def test_default_views_are_center_and_flip_then_crops() -> None:

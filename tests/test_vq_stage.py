@@ -15,12 +15,13 @@ from featcache.config import load_config
 from featcache.datasets import open_dataset
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
-from featcache.quantize import DecoderConfig, QuantizerConfig
+from featcache.quantize import QuantizerConfig, VQDecoderConfig
 from featcache.stages.tokenize import tokenize_store
-from featcache.stages.train_vq import VQTrainConfig, build_vq_model, load_vq_run, train_vq
-from featcache.store import FeatureStore
-from featcache.store import schema
+from featcache.store import FeatureStore, schema
+from featcache.training.config import VQTrainConfig
 from featcache.training.metrics_log import MetricsLog
+from featcache.training.runs import build_vq_model, load_vq_run
+from featcache.training.vq import train_vq
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "vq"
 
@@ -28,7 +29,7 @@ CONFIGS = Path(__file__).parent.parent / "configs" / "vq"
 def tiny_vq_config(steps: int = 60) -> VQTrainConfig:
     return VQTrainConfig(
         quantizer=QuantizerConfig(codebook_size=16, code_dim=8, template_dim=8, encoder_layers=1, encoder_channels=32),
-        decoder=DecoderConfig(target="pixels", channels=8, image_size=32),
+        decoder=VQDecoderConfig(target="pixels", channels=8, image_size=32),
         steps=steps,
         batch_size=8,
         learning_rate=3e-3,

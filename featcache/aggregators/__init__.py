@@ -10,12 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from featcache.aggregators.config import AggregatorConfig
-from featcache.aggregators.slot_attention import (
-    BOQSA,
-    AggregatorOutput,
-    IterativeSlotAttention,
-    SlotAttention,
-)
+from featcache.aggregators.slot_attention import BOQSA, AggregatorOutput, IterativeSlotAttention, SlotAttention
 from featcache.registry import Registry
 
 __all__ = [

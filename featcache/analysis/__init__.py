@@ -1,21 +1,10 @@
 """Analyses of cached features and VQ codes: codebook statistics (faiss) and object separability."""
 
-from featcache.analysis.codes import (
-    CodeStatistics,
-    code_statistics,
-    nearest_code_distances,
-    print_code_table,
-    write_code_plots,
-)
+from featcache.analysis.clustering import PCAProjection, fit_pca, kmeans_baseline, kmeans_segmentation, objects_per_image
+from featcache.analysis.codes import CodeStatistics, analyze_codes, code_statistics, nearest_code_distances, print_code_table, write_code_plots
 from featcache.analysis.separability import (
-    PCAProjection,
-    analyze_codes,
     analyze_separability,
     feature_distances,
-    fit_pca,
-    kmeans_baseline,
-    kmeans_segmentation,
-    objects_per_image,
     patch_labels,
     per_image_distances,
     print_separability_table,

@@ -7,6 +7,7 @@ faiss), how well they fit the features (quantization error) and how many distinc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from featcache.console import console as default_console
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, StoreError
 from featcache.plotting import save_figure
+from featcache.store.reader import FeatureStore
 
 
 @dataclass
@@ -301,3 +303,65 @@ def print_code_table(stats: CodeStatistics, title: str = "codebook statistics", 
     for name, value in rows:
         table.add_row(name, value)
     (console or default_console).print(table)
+
+
+# ----------------------------------------------------------------------------- codes of a store
+def analyze_codes(
+    store_path: str | Path,
+    token_name: str,
+    out_dir: str | Path,
+    view: str = "center",
+    limit: int | None = None,
+    use_gpu: bool | None = None,
+    print_table: bool = False,
+) -> CodeStatistics:
+    """Code statistics of token set ``token_name`` over the written samples of ``view``.
+
+    Writes ``code_statistics.json`` and the PNG plots into ``out_dir``.
+    """
+    store = FeatureStore(store_path)
+    require_token_set(store, token_name)
+    indices = selected_indices(store, limit)
+    tokens = store.tokens(token_name, indices, view)  # (N, h, w)
+    codebook = store.codebook(token_name)
+    try:
+        squared_errors = store.token_errors(token_name, indices, view)
+    except StoreError:
+        squared_errors = None  # token sets written without errors still get every other statistic
+    stats = code_statistics(tokens, codebook, squared_errors, use_gpu=use_gpu)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "store": str(store.path),
+        "encoder": store.attributes["encoder"]["name"],
+        "weights": store.attributes["weights"]["source"],
+        "random_weights": store.weights_are_random,
+        "token_set": token_name,
+        "view": view,
+        **stats.to_dict(),
+    }
+    (out_dir / "code_statistics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_code_plots(stats, out_dir)
+    if print_table:
+        print_code_table(stats, title=f"codes {token_name!r} of {store.path}")
+    return stats
+
+
+def selected_indices(store: FeatureStore, limit: int | None) -> np.ndarray:
+    indices = store.valid_indices()
+    if limit is not None:
+        if limit < 1:
+            raise FeatcacheError(f"limit is {limit}; expected a positive number of images or None for all")
+        indices = indices[:limit]
+    if indices.size == 0:
+        raise StoreError(f"store {store.path} has no written samples to analyse")
+    return indices
+
+
+def require_token_set(store: FeatureStore, token_name: str) -> None:
+    """A half-tokenized set holds zeros for its pending units: refuse it instead of reporting them as code 0."""
+    done, total = store.token_completeness(token_name)  # raises StoreError naming the known sets
+    if done != total:
+        raise StoreError(
+            f"token set {token_name!r} of store {store.path} is incomplete ({done}/{total} units); finish `featcache tokenize` first"
+        )

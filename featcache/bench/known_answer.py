@@ -45,19 +45,21 @@ from featcache.config import load_config, repo_root, to_dict
 from featcache.console import console
 from featcache.decoders import DecoderTargets, create_decoder
 from featcache.errors import FeatcacheError
-from featcache.extraction.run import library_versions
+from featcache.metrics.protocols import MaskMetrics, get_protocol, labels_from_patch_masks, score_masks
+from featcache.provenance import library_versions, utc_now
 from featcache.runtime import resolve_device, seed_everything
-from featcache.stages.evaluate import MaskMetrics, get_protocol, labels_from_patch_masks, score_masks
-from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, train_ocl
-from featcache.stages.train_vq import resolve_feature_kind
+from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore, schema
 from featcache.store.schema import StoreLayout
 from featcache.store.tokens import create_token_set, finish_token_set, write_token_unit
-from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, utc_now, write_unit
+from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, write_unit
 from featcache.training.checkpoint import prepare_run_folder
+from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import LoopSettings, train_loop
 from featcache.training.metrics_log import MetricsLog
+from featcache.training.ocl import train_ocl
+from featcache.training.runs import resolve_feature_kind
 
 #: Token sets written into every known-answer store, named as the shipped VVO configs expect.
 FEATURE_TOKENS = "vvo-c256"

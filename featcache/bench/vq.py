@@ -18,8 +18,9 @@ from featcache.config import load_config
 from featcache.console import console
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.extraction import ExtractConfig, extract
-from featcache.stages.train_vq import VQTrainConfig, train_vq
+from featcache.training.config import VQTrainConfig
 from featcache.training.loop import TrainResult
+from featcache.training.vq import train_vq
 
 
 def build_benchmark_store(work_dir: Path, images: int, resolution: int, device: str) -> Path:

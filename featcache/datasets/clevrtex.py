@@ -11,13 +11,7 @@ import re
 from pathlib import Path
 
 from featcache.datasets.base import Dataset, Sample
-from featcache.datasets.folder import (
-    dataset_root,
-    highest_instance_id,
-    read_image,
-    read_instance_mask,
-    read_json,
-)
+from featcache.datasets.folder import dataset_root, highest_instance_id, read_image, read_instance_mask, read_json
 from featcache.errors import DatasetError
 
 #: Split name -> (start, end) fraction of the index-sorted file list, as in the ClevrTex benchmark.

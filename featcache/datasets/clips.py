@@ -10,13 +10,7 @@ from __future__ import annotations
 import os
 
 from featcache.datasets.base import Dataset, Sample
-from featcache.datasets.folder import (
-    DEFAULT_MAX_INSTANCES,
-    ImageFolder,
-    dataset_root,
-    natural_key,
-    split_directory,
-)
+from featcache.datasets.folder import DEFAULT_MAX_INSTANCES, ImageFolder, dataset_root, natural_key, split_directory
 from featcache.errors import DatasetError
 
 

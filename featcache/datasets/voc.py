@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from featcache.datasets.base import IGNORE_LABEL, Dataset, Sample
-from featcache.datasets.folder import (
-    check_same_size,
-    dataset_root,
-    highest_instance_id,
-    read_image,
-    read_index_image,
-)
+from featcache.datasets.folder import check_same_size, dataset_root, highest_instance_id, read_image, read_index_image
 from featcache.errors import DatasetError
 
 DEFAULT_SPLIT = "val"

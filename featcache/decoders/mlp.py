@@ -22,7 +22,6 @@ from featcache.config import saved_before
 from featcache.decoders.base import DecoderOutput, DecoderTargets, SlotDecoder
 from featcache.errors import ConfigError, FeatcacheError
 
-
 #: Valid values of the string options of ``MlpDecoderConfig``.
 CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ("relu", "gelu"),

@@ -29,7 +29,6 @@ from featcache.decoders.base import DecoderOutput, DecoderTargets, SlotDecoder
 from featcache.decoders.mlp import flat_target
 from featcache.errors import ConfigError, FeatcacheError
 
-
 #: Number of distinct orders ``token_orders`` knows.
 MAX_ORDERS = 9
 

@@ -21,7 +21,6 @@ from featcache.encoders.checks import check_images
 from featcache.encoders.weights import (
     checkpoint_path,
     convert_checkpoint,
-    file_sha256,
     from_hub,
     load_strict,
     read_checkpoint,
@@ -30,6 +29,7 @@ from featcache.encoders.weights import (
     weights_source,
 )
 from featcache.errors import FeatcacheError, WeightsError
+from featcache.provenance import file_sha256
 
 ArrayOrTensor = TypeVar("ArrayOrTensor", torch.Tensor, np.ndarray)
 

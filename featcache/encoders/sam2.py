@@ -23,7 +23,6 @@ from featcache.encoders.checks import check_images
 from featcache.encoders.weights import (
     checkpoint_path,
     convert_checkpoint,
-    file_sha256,
     from_hub,
     load_strict,
     read_checkpoint,
@@ -32,6 +31,7 @@ from featcache.encoders.weights import (
     weights_source,
 )
 from featcache.errors import WeightsError
+from featcache.provenance import file_sha256
 
 #: Stride of the trunk's coarsest level: input sizes must be multiples of it so that the upsampled
 #: stride-32 map lines up with the stride-16 map (and the windowed position embedding tiles evenly).

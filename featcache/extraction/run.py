@@ -11,7 +11,6 @@ own chunks; the client alone marks units done, so the result is byte-identical t
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,20 +22,20 @@ import numpy as np
 import torch
 import zarr
 
-import featcache
 from featcache.config import to_dict
 from featcache.console import error_console, format_rate, progress_bar
 from featcache.datasets import Dataset, open_dataset
 from featcache.encoders import ENCODERS, create_encoder
 from featcache.encoders.base import FrozenEncoder
 from featcache.errors import FeatcacheError, StoreError
-from featcache.runtime import resolve_device
 from featcache.extraction.config import ExtractConfig
 from featcache.extraction.units import FeatureComputer, PreparedSample, assemble_unit, prepare_sample
+from featcache.provenance import library_versions, utc_now
+from featcache.runtime import resolve_device
 from featcache.store import schema
 from featcache.store.reader import read_attributes
 from featcache.store.schema import StoreLayout
-from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, utc_now, write_unit
+from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, write_unit
 from featcache.views import ViewSpec, default_views
 
 #: Units decoded ahead of the one being computed.
@@ -59,23 +58,6 @@ class ExtractSummary:
     @property
     def samples_per_second(self) -> float:
         return self.samples_run / self.seconds if self.seconds > 0 else 0.0
-
-
-def library_versions() -> dict[str, str]:
-    import dask
-    import numcodecs
-    import timm
-
-    return {
-        "featcache": featcache.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "zarr": zarr.__version__,
-        "numcodecs": numcodecs.__version__,
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def store_identity(config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec]) -> dict[str, Any]:

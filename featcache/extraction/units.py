@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from featcache.datasets import Dataset
-from featcache.errors import DatasetError
 from featcache.encoders.base import FrozenEncoder
+from featcache.errors import DatasetError
 from featcache.extraction.config import ExtractConfig
 from featcache.runtime import autocast
 from featcache.store import schema

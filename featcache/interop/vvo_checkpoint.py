@@ -29,8 +29,7 @@ from featcache.interop.vvo_tfd import VVO_TFD_OPTIONS, map_vvo_tfd
 from featcache.interop.vvo_vq import map_decoder, map_quantizer, official_decoder_config, official_quantizer_config
 from featcache.ocl.config import OCLModelConfig
 from featcache.ocl.model import OCLModel
-from featcache.quantize.config import DecoderConfig as VQDecoderConfig
-from featcache.quantize.config import QuantizerConfig
+from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
 
 CheckpointKind = Literal["vq", "tfd", "mlp", "dinosaur", "dfz"]
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.quantize.config import DecoderConfig, QuantizerConfig
+from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
 
 #: How the official code behaves where featcache's defaults differ (vaez.py, basic.py CNN, vqdino-*.py configs).
 OFFICIAL_QUANTIZER_OPTIONS: dict[str, object] = {
@@ -163,10 +163,10 @@ def map_decoder(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {target: state[key].detach().float().clone() for key, target in key_map.items()}
 
 
-def official_decoder_config(state: Mapping[str, torch.Tensor], grid_side: int) -> DecoderConfig:
-    """The DecoderConfig of the official decoder whose ``mediat`` weights are ``state``, for a ``grid_side`` grid."""
+def official_decoder_config(state: Mapping[str, torch.Tensor], grid_side: int) -> VQDecoderConfig:
+    """The VQDecoderConfig of the official decoder whose ``mediat`` weights are ``state``, for a ``grid_side`` grid."""
     map_decoder(state)
-    return DecoderConfig(
+    return VQDecoderConfig(
         target="pixels",
         architecture="vvo",
         channels=int(state["decode.0.weight"].shape[0]),

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from featcache.aggregators.config import AggregatorConfig
+from featcache.config import saved_before
 from featcache.decoders import DecoderConfig, MlpDecoderConfig, TransformerDecoderConfig
 from featcache.decoders.diffusion_config import DiffusionDecoderConfig
-from featcache.config import saved_before
 from featcache.errors import ConfigError
 
 __all__ = [

@@ -26,12 +26,10 @@ from rich.table import Table
 
 from featcache.config import to_dict
 from featcache.console import console, error_console
-from featcache.encoders.weights import file_sha256
 from featcache.errors import FeatcacheError
-from featcache.extraction.run import library_versions
 from featcache.pipelines.spec import Pipeline, StageSpec, load_pipeline, shipped_pipeline
 from featcache.pipelines.stages import file_hashes
-from featcache.store.writer import utc_now
+from featcache.provenance import file_sha256, library_versions, utc_now
 
 RECORDS_FOLDER = ".stages"
 STATUS_FILE = "pipeline.json"

@@ -259,12 +259,12 @@ class TrainVQKind(TrainingKind):
     params_type = TrainVQParams
 
     def config_class(self) -> type:
-        from featcache.stages.train_vq import VQTrainConfig
+        from featcache.training.config import VQTrainConfig
 
         return VQTrainConfig
 
     def train(self, params: TrainVQParams, resume: bool, show_progress: bool) -> TrainResult:
-        from featcache.stages.train_vq import train_vq
+        from featcache.training.vq import train_vq
 
         return train_vq(
             params.store, self.config(params), params.out, device=params.device, resume=resume, online=params.online, show_progress=show_progress
@@ -338,12 +338,12 @@ class TrainOCLKind(TrainingKind):
     input_paths = ("store", "val_store")
 
     def config_class(self) -> type:
-        from featcache.stages.train_ocl import OCLTrainConfig
+        from featcache.training.config import OCLTrainConfig
 
         return OCLTrainConfig
 
     def train(self, params: TrainOCLParams, resume: bool, show_progress: bool) -> TrainResult:
-        from featcache.stages.train_ocl import train_ocl
+        from featcache.training.ocl import train_ocl
 
         return train_ocl(
             params.store,
@@ -387,7 +387,7 @@ class EvalKind(StageKind):
     replace = "overwrite"
 
     def validate(self, params: EvalParams) -> None:
-        from featcache.stages.evaluate import get_protocol
+        from featcache.metrics.protocols import get_protocol
 
         _require(params, "run")
         get_protocol(params.protocol)
@@ -399,7 +399,7 @@ class EvalKind(StageKind):
         return Path(self.outputs(params)["json"]).is_file()
 
     def run(self, params: EvalParams, resume: bool, show_progress: bool) -> str:
-        from featcache.stages.train_ocl import evaluate_run, print_evaluation
+        from featcache.stages.evaluate import evaluate_run, print_evaluation
 
         result = evaluate_run(
             params.run,
@@ -453,12 +453,7 @@ class SeparabilityKind(StageKind):
         return Path(outputs["json"]).is_file() and Path(outputs["csv"]).is_file()
 
     def run(self, params: SeparabilityParams, resume: bool, show_progress: bool) -> str:
-        from featcache.analysis.separability import (
-            analyze_separability,
-            print_separability_table,
-            write_separability_csv,
-            write_separability_json,
-        )
+        from featcache.analysis.separability import analyze_separability, print_separability_table, write_separability_csv, write_separability_json
 
         rows = analyze_separability(
             params.stores, view=params.view, limit=params.limit, token_name=params.tokens, pca_dims=params.pca_dims, seed=params.seed,
@@ -499,8 +494,7 @@ class CodesKind(StageKind):
         return Path(self.outputs(params)["json"]).is_file()
 
     def run(self, params: CodesParams, resume: bool, show_progress: bool) -> str:
-        from featcache.analysis.codes import print_code_table
-        from featcache.analysis.separability import analyze_codes
+        from featcache.analysis.codes import analyze_codes, print_code_table
 
         statistics = analyze_codes(params.store, params.tokens, params.out, view=params.view, limit=params.limit)
         print_code_table(statistics, title=f"codes {params.tokens!r} of {params.store}")
@@ -640,7 +634,7 @@ for _kind in (
 
 def file_hashes(paths: list[str]) -> dict[str, str]:
     """sha256 of each existing input file (recorded with the stage; missing files are named, not hashed)."""
-    from featcache.encoders.weights import file_sha256
+    from featcache.provenance import file_sha256
 
     return {path: file_sha256(Path(path)) if Path(path).is_file() else "missing" for path in paths}
 

@@ -1,23 +1,16 @@
 """Quantizer pre-training (VVO): a VQ model trained on cached VFM features, then frozen for object-centric learning."""
 
 from featcache.quantize.codebook import SimVQCodebook, chi_moments, code_similarities, nearest_codes, squared_distances
-from featcache.quantize.config import DecoderConfig, QuantizerConfig
-from featcache.quantize.decoder import (
-    FeatureDecoder,
-    PixelDecoder,
-    TinyResidualBlock,
-    VVOPixelDecoder,
-    pixel_targets,
-    upsampling_stages,
-)
+from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
+from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, TinyResidualBlock, VVOPixelDecoder, pixel_targets, upsampling_stages
 from featcache.quantize.encoder import FeatureEncoder
 from featcache.quantize.model import VQModel, VQOutput
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
-from featcache.quantize.schedules import gumbel_scale, residual_alpha, warmup_cosine_lr
+from featcache.quantize.schedules import gumbel_scale, residual_alpha
 from featcache.quantize.usage import code_usage_statistics, usage_statistics_from_counts
 
 __all__ = [
-    "DecoderConfig",
+    "VQDecoderConfig",
     "FeatureDecoder",
     "FeatureEncoder",
     "PixelDecoder",
@@ -39,5 +32,5 @@ __all__ = [
     "squared_distances",
     "upsampling_stages",
     "usage_statistics_from_counts",
-    "warmup_cosine_lr",
+    
 ]

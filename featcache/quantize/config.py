@@ -106,7 +106,7 @@ class QuantizerConfig:
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class VQDecoderConfig:
     """The decoder used only during quantizer pre-training (its reconstruction loss shapes the codes)."""
 
     #: ``pixels``: reconstruct the cached view image (the paper's choice); ``features``: the VFM map.
@@ -152,4 +152,4 @@ saved_before(
         "commitment_target": "quantized",
     },
 )
-saved_before(DecoderConfig, {"architecture": "featcache", "body_channels": 64})
+saved_before(VQDecoderConfig, {"architecture": "featcache", "body_channels": 64})

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.errors import ConfigError
-from featcache.quantize.config import DecoderConfig, QuantizerConfig
+from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
 from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, VVOPixelDecoder
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
 
@@ -40,7 +40,7 @@ class VQModel(nn.Module):
     def __init__(
         self,
         quantizer_config: QuantizerConfig,
-        decoder_config: DecoderConfig,
+        decoder_config: VQDecoderConfig,
         feature_channels: int,
         grid: tuple[int, int],
     ) -> None:

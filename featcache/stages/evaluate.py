@@ -1,332 +1,111 @@
-"""`featcache eval`: object-discovery metrics of a trained OCL run on a store, with the protocol made explicit.
-
-Predicted masks (slot-attention maps or decoder alphas on the patch grid) are upsampled bilinearly to the
-store's mask resolution, arg-maxed over slots and compared with the cached instance masks: ARI, FG-ARI,
-mBO and mIoU (Hungarian). The protocol says everything else: what ignore pixels (VOC boundaries, overlapping
-COCO instances) become, what ARI scores where no pixel is left, which metrics a video store pools per clip,
-and how per-image scores are averaged. featcache's own protocols (``vvo``, ``dinosaur``) drop ignore pixels,
-skip undefined scores and average per image; ``vvo-code``, ``oclf``, ``videosaur`` and ``videosaur-instances``
-reproduce those codebases' metric code (tests/test_metric_protocols.py checks them against their outputs).
-"""
+"""`featcache eval`: object-discovery metrics of a trained OCL run on a store, with the protocol recorded in eval.json."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from rich.table import Table
 
-from featcache.console import console, progress_bar
-from featcache.datasets.base import IGNORE_LABEL
-from featcache.errors import FeatcacheError, StoreError
-from featcache.metrics import (
-    ARI_ARITHMETICS,
-    BACKGROUND_LABEL,
-    EMPTY_ARI_RULES,
-    mean_of_batch_means,
-    mean_skipping_nan,
-    object_discovery_metrics,
-)
+from featcache.console import error_console
+from featcache.errors import FeatcacheError
+from featcache.metrics.protocols import MaskMetrics, Protocol, evaluate_masks, get_protocol, print_metrics_table, score_masks, write_mask_grid
+from featcache.provenance import utc_now
+from featcache.runtime import resolve_device
 from featcache.store import FeatureStore
+from featcache.training.checkpoint import read_run
+from featcache.training.runs import evaluation_generator, load_ocl_run
 
 
-#: The four metrics, in report order.
-METRIC_NAMES = ("ari", "fg_ari", "mbo", "miou")
-IGNORE_PIXEL_RULES = ("drop", "background")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How masks are compared; recorded with every result because published numbers differ in these."""
-
-    name: str
-    #: mBO / mIoU count the background as a ground-truth segment (VVO) or not (DINOSAUR, SPOT).
-    count_background: bool
-    #: Ground-truth value of ignore pixels (boundaries, overlaps) in the store's masks.
-    ignore_label: int = IGNORE_LABEL
-    #: Patch-grid masks are upsampled bilinearly to the store's mask size, then arg-maxed over slots.
-    upsampling: str = "bilinear"
-    #: ``drop``: ignore pixels leave every metric. ``background``: they become background (VVO's loaders).
-    ignore_pixels: str = "drop"
-    #: ARI / FG-ARI where no pixel is left (an image without foreground): one of EMPTY_ARI_RULES.
-    empty_ari: str = "skip"
-    #: Video stores: metrics scored per frame (reported under their names).
-    frame_metrics: tuple[str, ...] = METRIC_NAMES
-    #: Video stores: metrics scored once per clip over all its frames' pixels (reported as ``clip_<name>``
-    #: when also scored per frame, else under their names).
-    clip_metrics: tuple[str, ...] = ("ari",)
-    #: None: the mean over images (frames) that could be scored. N: the mean of the means of consecutive
-    #: batches of N images, the last batch kept however small (VVO's eval loop).
-    image_batch: int | None = None
-    #: The same for clips, when metrics are pooled per clip.
-    clip_batch: int | None = None
-    #: ARI arithmetic: one of ARI_ARITHMETICS.
-    ari_arithmetic: str = "float64"
-    #: Mask size (px) the anchor scores at; recorded only: featcache scores at the store's mask size.
-    anchor_resolution: int | None = None
-    #: Where the choices come from.
-    source: str = "featcache"
-
-    def __post_init__(self) -> None:
-        choices = {
-            "ignore_pixels": (self.ignore_pixels, IGNORE_PIXEL_RULES),
-            "empty_ari": (self.empty_ari, EMPTY_ARI_RULES),
-            "ari_arithmetic": (self.ari_arithmetic, ARI_ARITHMETICS),
-        }
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                raise FeatcacheError(f"protocol {self.name!r}: {key} is {value!r}; expected one of {', '.join(valid)}")
-        for key in ("frame_metrics", "clip_metrics"):
-            unknown = set(getattr(self, key)) - set(METRIC_NAMES)
-            if unknown:
-                raise FeatcacheError(f"protocol {self.name!r}: {key} holds {sorted(unknown)}; expected names from {', '.join(METRIC_NAMES)}")
-        if not self.frame_metrics and not self.clip_metrics:
-            raise FeatcacheError(f"protocol {self.name!r}: frame_metrics and clip_metrics are both empty; expected at least one metric")
-        for key in ("image_batch", "clip_batch"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise FeatcacheError(f"protocol {self.name!r}: {key} is {value}; expected None or >= 1")
-
-    def describe(self) -> dict[str, Any]:
-        """Every choice, for eval.json."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "background_in_mbo_miou": self.count_background,
-            "ignore_label": self.ignore_label,
-            "ignore_pixels": self.ignore_pixels,
-            "empty_ari": self.empty_ari,
-            "empty_mbo_miou": "skip",
-            "video_frame_metrics": list(self.frame_metrics),
-            "video_clip_metrics": list(self.clip_metrics),
-            "averaging": "per image" if self.image_batch is None else f"mean of means of batches of {self.image_batch} images (last batch kept)",
-            "clip_averaging": "per clip" if self.clip_batch is None else f"mean of means of batches of {self.clip_batch} clips (last batch kept)",
-            "ari_arithmetic": self.ari_arithmetic,
-            "anchor_resolution": self.anchor_resolution,
-            "upsampling": self.upsampling,
-        }
-
-
-_VVO = "Genera1Z/VQ-VFM-OCL@d21cab5"
-_OCLF = "amazon-science/object-centric-learning-framework@0a97292"
-_VIDEOSAUR = "martius-lab/videosaur@5d09311"
-
-PROTOCOLS = {
-    # featcache's own (``vvo`` is the CLI default): ignore pixels dropped, undefined scores skipped, per-image means.
-    "vvo": Protocol("vvo", count_background=True, source="featcache: background counted in mBO/mIoU as VVO does"),
-    "dinosaur": Protocol("dinosaur", count_background=False, source="featcache: background not counted in mBO/mIoU as DINOSAUR/SPOT do"),
-    "vvo-code": Protocol(
-        "vvo-code",
-        count_background=True,
-        ignore_pixels="background",
-        empty_ari="skip",
-        frame_metrics=(),
-        clip_metrics=METRIC_NAMES,
-        image_batch=16,
-        clip_batch=4,
-        ari_arithmetic="vvo-int64-float32",
-        anchor_resolution=256,
-        source=f"{_VVO}: object_centric_bench/learn/metric.py ARI/mBO/mIoU, eval.py, learn/callback_log.py AverageLog, "
-        "config-vqdino metric_fn_v, datum/dataset_voc.py",
-    ),
-    "oclf": Protocol(
-        "oclf",
-        count_background=False,
-        empty_ari="one",
-        clip_metrics=(),
-        anchor_resolution=320,
-        source=f"{_OCLF}: ocl/metrics/masks.py, ocl/metrics/utils.py, configs/evaluation/projects/bridging/_metrics_discovery_masks.yaml",
-    ),
-    "videosaur": Protocol(
-        "videosaur",
-        count_background=False,
-        empty_ari="one-if-any-pixel",
-        clip_metrics=METRIC_NAMES,
-        anchor_resolution=224,
-        source=f"{_VIDEOSAUR}: videosaur/metrics.py, configs/videosaur/movi_c.yml (masks with a background channel)",
-    ),
-    "videosaur-instances": Protocol(
-        "videosaur-instances",
-        count_background=False,
-        empty_ari="skip",
-        clip_metrics=METRIC_NAMES,
-        anchor_resolution=224,
-        source=f"{_VIDEOSAUR}: videosaur/metrics.py, configs/dinosaur/coco_base14_dinov2.yml, configs/videosaur/ytvis.yml "
-        "(instance masks without a background channel)",
-    ),
-}
-
-
-def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise FeatcacheError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}")
-    return PROTOCOLS[name]
-
-
-def labels_from_patch_masks(masks: torch.Tensor, size: int) -> np.ndarray:
-    """(B, S, h, w) soft masks -> (B, size, size) int64 slot labels (bilinear upsampling, argmax over slots)."""
-    upsampled = F.interpolate(masks.float(), size=(size, size), mode="bilinear", align_corners=False)  # (B, S, M, M)
-    return upsampled.argmax(dim=1).cpu().numpy()
-
-
-@dataclass
-class MaskMetrics:
-    """Per-image (per-frame) metric arrays of one pass over a store (nan where a metric is undefined for an
-    image) and, for video stores, per-clip scores of the protocol's pooled metrics (clip id -> value)."""
-
-    ari: np.ndarray
-    fg_ari: np.ndarray
-    mbo: np.ndarray
-    miou: np.ndarray
-    clip_ari: dict[str, float]
-    clip_fg_ari: dict[str, float] = field(default_factory=dict)
-    clip_mbo: dict[str, float] = field(default_factory=dict)
-    clip_miou: dict[str, float] = field(default_factory=dict)
-    #: Averaging and video reporting follow this protocol; None: featcache's per-image means.
-    protocol: Protocol | None = None
-
-    def _clip_scores(self, name: str) -> dict[str, float]:
-        return getattr(self, f"clip_{name}")
-
-    def summary(self) -> dict[str, float]:
-        protocol = self.protocol or PROTOCOLS["vvo"]
-        video = any(self._clip_scores(name) for name in METRIC_NAMES)
-        result: dict[str, float] = {}
-        frame_names = protocol.frame_metrics if video else METRIC_NAMES
-        for name in frame_names:
-            values = getattr(self, name)
-            result[name] = mean_skipping_nan(values) if protocol.image_batch is None else mean_of_batch_means(values, protocol.image_batch)
-        if video:
-            for name in protocol.clip_metrics:
-                values = np.array(list(self._clip_scores(name).values()), dtype=np.float64)
-                key = f"clip_{name}" if name in frame_names else name
-                result[key] = mean_skipping_nan(values) if protocol.clip_batch is None else mean_of_batch_means(values, protocol.clip_batch)
-        result["images"] = int(len(self.ari))
-        if video:
-            result["clips"] = max(len(self._clip_scores(name)) for name in METRIC_NAMES)
-        return {**{name: result[name] for name in METRIC_NAMES if name in result}, **result}
-
-
-def score_masks(true_labels: np.ndarray, predicted_labels: np.ndarray, protocol: Protocol) -> dict[str, np.ndarray]:
-    """Per-item ARI / FG-ARI / mBO / mIoU under ``protocol`` of (B, M, M) images or (B, T, M, M) whole clips."""
-    ignore_label: int | None = protocol.ignore_label
-    if protocol.ignore_pixels == "background":
-        true_labels = np.where(true_labels == protocol.ignore_label, BACKGROUND_LABEL, true_labels)
-        ignore_label = None
-    return object_discovery_metrics(
-        true_labels,
-        predicted_labels,
-        count_background=protocol.count_background,
-        ignore_label=ignore_label,
-        empty_ari=protocol.empty_ari,
-        ari_arithmetic=protocol.ari_arithmetic,
-    )
-
-
-def score_clips(
-    clip_true: dict[str, list[np.ndarray]], clip_predicted: dict[str, list[np.ndarray]], protocol: Protocol
-) -> dict[str, dict[str, float]]:
-    """``clip_<name>`` -> {clip id: score} for the protocol's clip metrics, all frames of a clip pooled."""
-    scores: dict[str, dict[str, float]] = {f"clip_{name}": {} for name in protocol.clip_metrics}
-    for clip in clip_true:
-        values = score_masks(np.stack(clip_true[clip])[None], np.stack(clip_predicted[clip])[None], protocol)  # (1, T, M, M)
-        for name in protocol.clip_metrics:
-            scores[f"clip_{name}"][clip] = float(values[name][0])
-    return scores
-
-
-@torch.no_grad()
-def evaluate_masks(
-    predict: Any,
-    store: FeatureStore,
-    indices: np.ndarray,
-    protocol: Protocol,
-    feature_kind: str | None,
-    token_name: str | None,
-    device: torch.device,
+def evaluate_run(
+    run_dir: str | Path,
+    store_path: str | Path | None = None,
+    protocol_name: str = "vvo",
     view: str = "center",
     batch_size: int = 64,
-    show_progress: bool = False,
-) -> tuple[MaskMetrics, np.ndarray]:
-    """Run ``predict(features, tokens) -> (B, S, h, w)`` over ``indices`` of ``view``; returns metrics and
-    the predicted label maps of the first 8 images (for the PNG grid)."""
-    if not store.has_masks:
-        raise StoreError(f"store {store.path} has no instance masks: evaluation needs ground truth")
-    size = store.layout.mask_size
-    per_image: dict[str, list[np.ndarray]] = {"ari": [], "fg_ari": [], "mbo": [], "miou": []}
-    examples: list[np.ndarray] = []
-    clip_true: dict[str, list[np.ndarray]] = {}
-    clip_predicted: dict[str, list[np.ndarray]] = {}
-    clip_ids = store.clip_ids
-    with progress_bar("images", disable=not show_progress) as progress:
-        task = progress.add_task("eval", total=len(indices), rate="")
-        for start in range(0, len(indices), batch_size):
-            batch = indices[start : start + batch_size]
-            features = torch.from_numpy(store.features(batch, view=view).astype(np.float32)).to(device)
-            if feature_kind is not None and feature_kind != store.stored_kind:
-                features = store.derive(features, feature_kind)
-            tokens = torch.from_numpy(store.tokens(token_name, batch, view=view).astype(np.int64)).to(device) if token_name else None
-            predicted = labels_from_patch_masks(predict(features, tokens), size)  # (B, M, M)
-            true = store.masks(batch, view=view).astype(np.int64)
-            scores = score_masks(true, predicted, protocol)
-            for name in per_image:
-                per_image[name].append(scores[name])
-            if len(examples) < 8:
-                examples.extend(list(predicted[: 8 - len(examples)]))
-            if clip_ids is not None and protocol.clip_metrics:
-                for row, index in enumerate(batch):
-                    clip_true.setdefault(clip_ids[index], []).append(true[row])
-                    clip_predicted.setdefault(clip_ids[index], []).append(predicted[row])
-            progress.update(task, advance=len(batch))
-    # Video: the protocol's clip metrics once per clip over all its frames' pixels (slot identities must persist).
-    clip_scores = {"clip_ari": {}, **score_clips(clip_true, clip_predicted, protocol)}
-    metrics = MaskMetrics(**{name: np.concatenate(values) for name, values in per_image.items()}, **clip_scores, protocol=protocol)
-    return metrics, np.stack(examples) if examples else np.zeros((0, size, size), np.int64)
+    device: str = "auto",
+    limit: int | None = None,
+    baseline: bool = False,
+    out: str | Path | None = None,
+    show_progress: bool = True,
+    mask_source: str | None = None,
+) -> dict[str, Any]:
+    """Score a run's masks on a store (default: the store it was trained on); writes eval JSON and a PNG grid.
+
+    ``mask_source`` (``attention`` | ``decoder``) scores other masks than the run's config names; the default
+    output folder then says so, so both evaluations of one run are kept.
+    """
+    run_dir = Path(run_dir)
+    _, info = read_run(run_dir)
+    if store_path is None and info["store"]["path"] is None:
+        raise FeatcacheError(f"run {run_dir} was imported ({info['imported_from']['path']}) and trained on no featcache store: pass --store")
+    store = FeatureStore(store_path or info["store"]["path"])
+    target_device = resolve_device(device)
+    model, config, info = load_ocl_run(run_dir, store, target_device)
+    overridden = mask_source is not None and mask_source != config.model.mask_source
+    if overridden:
+        model.use_mask_source(mask_source)  # type: ignore[arg-type]
+    protocol = get_protocol(protocol_name)
+    feature_kind = info["store"]["feature_kind"]
+    indices = store.valid_indices()[:limit] if limit else store.valid_indices()
+    metrics, examples = evaluate_masks(
+        partial(model.predict_masks, generator=evaluation_generator(target_device)),
+        store,
+        indices,
+        protocol,
+        feature_kind,
+        config.tokens or None,
+        target_device,
+        view,
+        batch_size,
+        show_progress,
+    )
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "store": str(store.path),
+        "random_weights": store.weights_are_random,
+        "view": view,
+        "protocol": {
+            **protocol.describe(),
+            "mask_source": model.config.mask_source,
+            "resolution": store.layout.mask_size,
+            "overlaps": "pixels of overlapping instances are ignore pixels (set by the dataset adapter)",
+        },
+        "metrics": metrics.summary(),
+        "evaluated": utc_now(),
+    }
+    if baseline:
+        result["kmeans_baseline"] = kmeans_baseline_metrics(store, indices, feature_kind, view, protocol)
+    out_dir = Path(out) if out else run_dir / (f"eval-{store.path.stem}-{protocol.name}" + (f"-{mask_source}-masks" if overridden else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=float))
+    if store.has_images:
+        write_mask_grid(store.images(indices[: len(examples)], view=view), examples, out_dir / "masks.png")
+    result["output"] = str(out_dir)
+    return result
 
 
-def write_mask_grid(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
-    """PNG: view images (top), slot masks as colours (middle), masks over the image (bottom)."""
-    size = labels.shape[-1]
-    palette = (np.random.default_rng(0).uniform(40, 255, size=(256, 3))).astype(np.uint8)
-    rows_image, rows_mask, rows_overlay = [], [], []
-    for image, label in zip(images, labels):
-        picture = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-        colours = palette[label % 256]
-        rows_image.append(picture)
-        rows_mask.append(colours)
-        rows_overlay.append((0.5 * picture + 0.5 * colours).astype(np.uint8))
-    grid = np.concatenate([np.concatenate(rows, axis=1) for rows in (rows_image, rows_mask, rows_overlay)], axis=0)
-    Image.fromarray(grid).save(path)
-    return path
+def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_kind: str, view: str, protocol: Protocol) -> dict[str, float]:
+    """Per-image kMeans (k = objects + background) on the same features, scored with the same protocol."""
+    from featcache.analysis.clustering import kmeans_baseline, objects_per_image
+
+    features = store.features(indices, view=view, kind=feature_kind).astype(np.float32)  # (N, h, w, C)
+    true = store.masks(indices, view=view).astype(np.int64)  # (N, M, M)
+    size = true.shape[-1]
+    clusters = kmeans_baseline(features, objects_per_image(true) + 1, output_size=(size, size), seed=0)
+    return MaskMetrics(**score_masks(true, clusters, protocol), clip_ari={}, protocol=protocol).summary()
 
 
-def print_metrics_table(title: str, rows: list[dict[str, Any]]) -> None:
-    table = Table(title=title)
-    columns = ["method", "ari", "fg_ari", "mbo", "miou", "images"]
-    if any("clip_ari" in row for row in rows):
-        columns.insert(5, "clip_ari")
-    for column in columns:
-        table.add_column(column, justify="right" if column != "method" else "left")
-    for row in rows:
-        table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
-    console.print(table)
-
-
-__all__ = [
-    "METRIC_NAMES",
-    "PROTOCOLS",
-    "MaskMetrics",
-    "Protocol",
-    "evaluate_masks",
-    "get_protocol",
-    "labels_from_patch_masks",
-    "print_metrics_table",
-    "score_clips",
-    "score_masks",
-    "write_mask_grid",
-]
+def print_evaluation(result: dict[str, Any]) -> None:
+    rows = [{"method": "model", **result["metrics"]}]
+    if "kmeans_baseline" in result:
+        rows.append({"method": "per-image kMeans", **result["kmeans_baseline"]})
+    protocol = result["protocol"]
+    print_metrics_table(
+        f"{result['run']} on {result['store']} ({protocol['name']} protocol, {protocol['mask_source']} masks at {protocol['resolution']} px"
+        + (", RANDOM VFM weights" if result["random_weights"] else "") + ")",
+        rows,
+    )
+    error_console.print(f"wrote {result['output']}")

@@ -15,12 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from featcache.config import deep_update, merge, parse_overrides, to_dict
 from featcache.encoders import ENCODERS
-from featcache.encoders.weights import file_sha256
 from featcache.errors import FeatcacheError
-from featcache.extraction.run import library_versions
 from featcache.interop.vvo_checkpoint import (
     VVOCheckpoint,
     checkpoint_grid,
@@ -31,11 +28,10 @@ from featcache.interop.vvo_checkpoint import (
     read_vvo_checkpoint,
 )
 from featcache.ocl import OCLModel
+from featcache.provenance import file_sha256, library_versions, utc_now
 from featcache.quantize.model import VQModel
-from featcache.stages.train_ocl import OCLTrainConfig
-from featcache.stages.train_vq import VQTrainConfig
-from featcache.store.writer import utc_now
 from featcache.training.checkpoint import WEIGHTS_NAME, prepare_run_folder, save_checkpoint
+from featcache.training.config import OCLTrainConfig, VQTrainConfig
 
 #: Saved as train_state.pt: an imported run has no optimizer state, so ``--resume`` is refused by name.
 IMPORTED_STATE_KEY = "imported_from"

@@ -11,18 +11,11 @@ import torch
 from featcache.config import to_dict
 from featcache.console import format_rate, progress_bar
 from featcache.errors import StoreError
-from featcache.extraction.run import library_versions
+from featcache.provenance import library_versions, utc_now
 from featcache.runtime import autocast, resolve_device
-from featcache.stages.train_vq import load_vq_run
 from featcache.store import FeatureStore
-from featcache.store.tokens import (
-    create_token_set,
-    delete_token_set,
-    finish_token_set,
-    pending_token_units,
-    write_token_unit,
-)
-from featcache.store.writer import utc_now
+from featcache.store.tokens import create_token_set, delete_token_set, finish_token_set, pending_token_units, write_token_unit
+from featcache.training.runs import load_vq_run
 
 
 @dataclass

@@ -20,13 +20,7 @@ from featcache.console import RandomWeightsWarning
 from featcache.errors import StoreError
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
-from featcache.store.tokens import (
-    CODEBOOK,
-    INDICES,
-    SQUARED_ERRORS,
-    TOKEN_ATTRIBUTES_KEY,
-    token_group_path,
-)
+from featcache.store.tokens import CODEBOOK, INDICES, SQUARED_ERRORS, TOKEN_ATTRIBUTES_KEY, token_group_path
 from featcache.store.tokens import token_names as list_token_names
 from featcache.store.writer import directory_bytes
 

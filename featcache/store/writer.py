@@ -6,7 +6,6 @@ workers (threads or dask processes) call :func:`write_unit`, which touches only 
 
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from featcache.provenance import utc_now
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
 
@@ -41,10 +41,6 @@ def blosc_compressor(level: int) -> BloscCodec:
     # Byte shuffle suits 2-byte float16 (bitshuffle measured worse); zstd level 1 measured about as fast as lz4
     # to read while lz4 did not compress float16 features at all (benchmarks/RESULTS.md).
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def create_store(

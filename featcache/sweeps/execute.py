@@ -25,11 +25,13 @@ import torch
 from featcache.config import from_dict, to_dict
 from featcache.console import RandomWeightsWarning, progress_bar
 from featcache.errors import FeatcacheError
-from featcache.stages.train_ocl import OCLTrainConfig, evaluate_run, train_ocl
-from featcache.store.writer import utc_now
+from featcache.provenance import utc_now
+from featcache.stages.evaluate import evaluate_run
 from featcache.sweeps.spec import EvalSpec
 from featcache.training.checkpoint import CONFIG_NAME, read_run
+from featcache.training.config import OCLTrainConfig
 from featcache.training.loop import TrainResult
+from featcache.training.ocl import train_ocl
 
 RESULT_NAME = "result.json"
 ERROR_NAME = "error.txt"

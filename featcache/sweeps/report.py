@@ -20,13 +20,7 @@ import numpy as np
 
 from featcache.errors import FeatcacheError
 from featcache.plotting import save_figure
-from featcache.sweeps.results import (
-    HEADLINE_METRICS,
-    SUMMARY_JSON,
-    metric_label,
-    read_rows,
-    table_rows,
-)
+from featcache.sweeps.results import HEADLINE_METRICS, SUMMARY_JSON, metric_label, read_rows, table_rows
 from featcache.sweeps.sweep import SWEEP_NAME
 from featcache.training.metrics_log import MetricsLog
 

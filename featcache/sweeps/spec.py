@@ -19,7 +19,7 @@ from typing import Any
 
 from featcache.config import flatten_keys, load_config, merge, nest_keys, parse_overrides, to_dict
 from featcache.errors import ConfigError
-from featcache.stages.train_ocl import OCLTrainConfig
+from featcache.training.config import OCLTrainConfig
 
 #: Keys a sweep controls itself (through ``seeds`` and ``data_seed``), never through set/grid/cases.
 RESERVED_KEYS = ("seed", "data_seed")

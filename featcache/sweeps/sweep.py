@@ -17,20 +17,12 @@ from typing import Any
 
 from featcache.config import to_dict
 from featcache.errors import ConfigError, FeatcacheError, StoreError
-from featcache.extraction.run import library_versions
-from featcache.inspect import store_summary
+from featcache.metrics.protocols import get_protocol
+from featcache.provenance import library_versions, utc_now
 from featcache.runtime import resolve_device
-from featcache.stages.evaluate import get_protocol
 from featcache.store import FeatureStore
-from featcache.store.writer import utc_now
-from featcache.sweeps.execute import (
-    RunTask,
-    dask_client,
-    execute_dask,
-    execute_serial,
-    is_finished,
-    workers_with_gpus,
-)
+from featcache.store.summary import store_summary
+from featcache.sweeps.execute import RunTask, dask_client, execute_dask, execute_serial, is_finished, workers_with_gpus
 from featcache.sweeps.results import summarise, write_results
 from featcache.sweeps.spec import PlannedRun, SweepSpec, config_sha, expand_runs
 

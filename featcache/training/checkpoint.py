@@ -19,8 +19,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from featcache.encoders.weights import file_sha256
 from featcache.errors import ConfigError, FeatcacheError
+from featcache.provenance import file_sha256
 
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"

@@ -24,19 +24,12 @@ from featcache.config import flatten_keys, to_dict
 from featcache.decoders import DECODER_TARGETS
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.runtime import noise_generator, resolve_device
-from featcache.stages.train_ocl import (
-    OCLTrainConfig,
-    build_seeded_model,
-    ocl_batches,
-    ocl_loss_terms,
-    ocl_run_info,
-    ocl_validator,
-    open_training_store,
-)
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import load_train_state, load_weights, prepare_run_folder
+from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import LoopRun, LoopSettings, TrainedRuns, TrainResult, restore_random_state, train_runs
+from featcache.training.ocl import build_seeded_model, ocl_batches, ocl_loss_terms, ocl_run_info, ocl_validator, open_training_store
 
 #: vmap warns once per op it has to loop over (e.g. CPU flash attention); the result is still exact.
 _FALLBACK_WARNING = "There is a performance drop because we have not yet implemented the batching rule"

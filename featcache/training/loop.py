@@ -17,11 +17,11 @@ import torch
 
 from featcache.console import error_console, format_rate, progress_bar
 from featcache.errors import ConfigError, FeatcacheError
-from featcache.quantize.schedules import LR_SCHEDULES, scheduled_lr
 from featcache.runtime import autocast
 from featcache.training.checkpoint import load_train_state, load_weights, save_checkpoint
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.metrics_log import MetricsLog
+from featcache.training.schedule import LR_SCHEDULES, scheduled_lr
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class LoopSettings:
     amp: bool
     log_every: int
     checkpoint_every: int
-    #: ``cosine`` | ``vvo-cosine`` | ``constant`` | ``exponential`` (see ``featcache.quantize.schedules.scheduled_lr``).
+    #: ``cosine`` | ``vvo-cosine`` | ``constant`` | ``exponential`` (see ``featcache.training.schedule.scheduled_lr``).
     lr_schedule: str = "cosine"
     #: Warm-up length in steps; None = ``int(warmup_fraction * steps)``.
     warmup_steps: int | None = None

@@ -55,7 +55,7 @@ class OnlineBatches(CachedBatches):
 
     def _token_model(self, device: torch.device) -> torch.nn.Module:
         """The frozen VQ model that made the store's token set, re-run online like public code does."""
-        from featcache.stages.train_vq import load_vq_run
+        from featcache.training.runs import load_vq_run
 
         attributes = self.store.token_attributes(self.token_name)  # type: ignore[arg-type]
         model, _, _, sha256 = load_vq_run(Path(attributes["vq"]["run"]), device)

@@ -1,4 +1,4 @@
-"""Human-readable summaries of stores and of the encoder registry (used by `featcache info` / `encoders`)."""
+"""Human-readable summaries of stores (`featcache info`; the store part of sweep and run provenance)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from featcache.console import console
-from featcache.store import FeatureStore
+from featcache.store.reader import FeatureStore
 
 
 def _human_bytes(count: int) -> str:
@@ -103,25 +103,4 @@ def print_store_summary(summary: dict[str, Any]) -> None:
         console.print(f"[yellow]bad sample[/] {sample_id}: {reason}")
 
 
-def print_encoders() -> None:
-    """The VFM registry with each entry's default config."""
-    from featcache.encoders import list_encoders
-
-    table = Table(title="VFM encoders")
-    for column in ("name", "timm model", "hub tag", "stride", "default px", "channels", "stored", "derivable"):
-        table.add_column(column, no_wrap=True)
-    for spec in list_encoders():
-        table.add_row(
-            spec.name,
-            spec.timm_name,
-            spec.hub_tag,
-            str(spec.patch_size),
-            str(spec.default_resolution),
-            str(spec.channels),
-            spec.stored_kind,
-            ", ".join(spec.derivable_kinds) or "-",
-        )
-    console.print(table)
-
-
-__all__ = ["print_encoders", "print_store_summary", "store_summary"]
+__all__ = ["print_store_summary", "store_summary"]

@@ -1,0 +1,141 @@
+"""OCL training from cached features and tokens (or online, as the baseline): the mechanics behind `featcache train-ocl`.
+
+Only the projection, the aggregator (Slot Attention / BO-QSA) and the decoder train; VFM features and
+VQ tokens come from the store (or, with online, are recomputed from the images every step as public
+code does). One config object (OCLTrainConfig) is saved with every checkpoint and is what eval rebuilds the model from."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from featcache.config import to_dict
+from featcache.metrics.protocols import evaluate_masks, get_protocol
+from featcache.ocl import OCLModel, OCLOutput
+from featcache.provenance import library_versions, utc_now
+from featcache.runtime import noise_generator, resolve_device, seed_everything
+from featcache.store import FeatureStore
+from featcache.training.checkpoint import prepare_run_folder
+from featcache.training.config import OCLTrainConfig, data_seed
+from featcache.training.loader import Batch, CachedBatches
+from featcache.training.loop import LoopSettings, TrainResult, restore, train_loop
+from featcache.training.online import OnlineBatches
+from featcache.training.runs import build_ocl_model, evaluation_generator, resolve_feature_kind, store_summary_for_run
+
+
+def open_training_store(store_path: str | Path, config: OCLTrainConfig) -> tuple[FeatureStore, str]:
+    """The complete training store and the feature kind the run reads from it."""
+    store = FeatureStore(store_path)
+    store.require_complete()
+    return store, resolve_feature_kind(store, config.feature_kind)
+
+
+def build_seeded_model(config: OCLTrainConfig, store: FeatureStore, device: torch.device) -> OCLModel:
+    """The run's freshly initialised model: torch's generators are seeded with ``config.seed`` first."""
+    seed_everything(config.seed)
+    return build_ocl_model(config, store).to(device)
+
+
+def ocl_batches(store: FeatureStore, config: OCLTrainConfig, device: torch.device, feature_kind: str, online: bool) -> CachedBatches:
+    """The run's batch stream (cached, or recomputed from the images with ``online``), seeded with the data seed."""
+    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None, "seed": data_seed(config)}
+    if online:
+        return OnlineBatches(store, config.batch_size, device, feature_kind, False, **loader_kwargs)
+    return CachedBatches(store, config.batch_size, device, feature_kind, False, mode=config.loader, **loader_kwargs)
+
+
+def ocl_loss_terms(output: OCLOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss an OCL step minimises and the terms it logs (``loss_<name>`` columns of metrics.jsonl)."""
+    return output.loss, {**output.losses, "total": output.loss}
+
+
+def ocl_validator(
+    model: OCLModel,
+    validation: FeatureStore,
+    config: OCLTrainConfig,
+    feature_kind: str,
+    device: torch.device,
+) -> Callable[[], dict[str, Any]] | None:
+    """VVO-protocol mask metrics of ``model`` on the first validation images' centre view; None without masks."""
+    if not validation.has_masks:
+        return None
+    indices = validation.valid_indices()[: config.validation_images]
+
+    def validate() -> dict[str, Any]:
+        predict = partial(model.predict_masks, generator=evaluation_generator(device))  # the same noise at every step
+        metrics, _ = evaluate_masks(predict, validation, indices, get_protocol("vvo"), feature_kind, config.tokens or None, device)
+        return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou")}
+
+    return validate
+
+
+def ocl_run_info(store: FeatureStore, config: OCLTrainConfig, feature_kind: str, online: bool, device: torch.device) -> dict[str, Any]:
+    """Provenance written to run.json: the store and token set trained on, the device and library versions."""
+    return {
+        "stage": "ocl",
+        "created": utc_now(),
+        "store": store_summary_for_run(store, feature_kind),
+        "tokens": store.token_attributes(config.tokens) if config.tokens else None,
+        "online": online,
+        "device": str(device),
+        "versions": library_versions(),
+    }
+
+
+def train_ocl(
+    store_path: str | Path,
+    config: OCLTrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    online: bool = False,
+    validation_store: str | Path | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train an OCL model on ``store_path``; ``stop_after`` ends early (tests, benchmarks).
+
+    Model noise (slot noise, diffusion timesteps and noise) comes from the run's own generator
+    (``featcache.runtime.noise_generator(seed)``), so a fused-seed run (featcache.training.fused) equals this one.
+    """
+    run_dir = Path(out)
+    prepare_run_folder(run_dir, to_dict(config), resume)
+    target_device = resolve_device(device)
+    store, feature_kind = open_training_store(store_path, config)
+    model = build_seeded_model(config, store, target_device)
+    generator = noise_generator(config.seed, target_device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    batches = ocl_batches(store, config, target_device, feature_kind, online)
+    start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
+    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+
+    def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
+        return ocl_loss_terms(model(batch.features, batch.tokens, noise))
+
+    validation = FeatureStore(validation_store) if validation_store else store
+    try:
+        loop = train_loop(
+            model=model,
+            optimizer=optimizer,
+            batches=batches,
+            settings=LoopSettings.from_config(config),
+            device=target_device,
+            run_dir=run_dir,
+            config=to_dict(config),
+            run_info=ocl_run_info(store, config, feature_kind, online, target_device),
+            step_loss=step_loss,
+            start_step=start_step,
+            end_step=end_step,
+            description="train-ocl" + (" (online)" if online else ""),
+            validate=ocl_validator(model, validation, config, feature_kind, target_device),
+            validate_every=config.validate_every,
+            show_progress=show_progress,
+            noise_generator=generator,
+        )
+    finally:
+        batches.close()
+    return TrainResult.from_loop(run_dir, loop, config.batch_size)
