@@ -1,21 +1,26 @@
 """The `featcache` command line: parse arguments, call library functions, print results.
 
-Every command's work lives in a library function that tests call directly; this module only adapts
-arguments, prints rich output, and turns ``FeatcacheError`` into one red line and exit code 2.
+The operations' commands (synth, extract, train-vq, tokenize, train-ocl, eval, analyze, import-vvo, sweep,
+report) are generated from their declared params (featcache.operations): one option per param, with its
+help text; nothing about them is written here. The other commands (info, encoders, bench, run, quickstart)
+only adapt arguments to a library function. A ``FeatcacheError`` becomes one red line and exit code 2.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+import types
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
 
 import typer
 
 from featcache.console import RandomWeightsWarning, console, error_console
 from featcache.errors import FeatcacheError
+from featcache.operations import Operation, ParamInfo, overrides_mapping
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0] if __doc__ else None)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate synthetic scenes.")
@@ -40,283 +45,93 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         error_console.print(f"[yellow]{category.__name__}[/]: {message}")
 
 
-@data_app.command("synth")
-def data_synth(
-    out: Path = typer.Option(..., help="Folder to write (image-folder layout; clip folders with --video)."),
-    images: int = typer.Option(2000, help="Number of images (or clips with --video)."),
-    seed: int = typer.Option(0, help="Scenes are a pure function of the seed."),
-    size: int = typer.Option(256, help="Image side in pixels."),
-    video: bool = typer.Option(False, "--video", help="Write clips of moving, bouncing objects."),
-    frames: int = typer.Option(8, help="Frames per clip with --video."),
-) -> None:
-    """Write procedural multi-object scenes with instance masks, classes and boxes."""
-    from featcache.console import progress_bar
-    from featcache.datasets import write_synthetic
-
-    with progress_bar("images") as progress:
-        task = progress.add_task("synth", total=images, rate="")
-        write_synthetic(out, images=images, seed=seed, size=size, video=video, frames=frames, progress=lambda n: progress.update(task, completed=n))
-    console.print(f"wrote {images} {'clips' if video else 'images'} to {out}")
+# ----------------------------------------------------------------------------- operations, generated
+def _cli_type(info: ParamInfo) -> Any:
+    """The type typer parses an operation param as (``set`` and ``config`` params are repeatable strings)."""
+    if info.role in ("set", "config") and not info.argument:
+        return list[str]
+    origin, args = get_origin(info.type), [arg for arg in get_args(info.type) if arg is not type(None)]
+    if origin in (Union, types.UnionType):
+        inner = args[0] if len(args) == 1 else args[0]
+        return Optional[inner]
+    if origin is list:
+        return list[args[0]] if args else list[str]
+    return info.type
 
 
-@app.command()
-def extract(
-    data: str = typer.Option(..., help="Dataset: a folder, or FORMAT:PATH with FORMAT folder|coco|voc|clevrtex|clips."),
-    out: Path = typer.Option(..., help="Store to create, or to resume when it exists with the same inputs."),
-    vfm: Optional[str] = typer.Option(None, help="VFM name (see `featcache encoders`); default dino2-s14."),
-    split: Optional[str] = typer.Option(None, help="Dataset split (coco: val2017, voc: val, clevrtex: test/val/train)."),
-    weights: Optional[str] = typer.Option(None, help="hub (default), random (explicit), or a checkpoint file."),
-    weight_seed: Optional[int] = typer.Option(None, help="Seed of --weights random."),
-    resolution: Optional[int] = typer.Option(None, help="Model input side; default the VFM's own."),
-    crops: Optional[int] = typer.Option(None, help="Random resized crops added to the centre crop and its flip."),
-    mask_size: Optional[int] = typer.Option(None, help="Side of cached masks (evaluation resolution)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass."),
-    samples_per_chunk: Optional[int] = typer.Option(None, help="Samples per chunk / write unit."),
-    config: Optional[Path] = typer.Option(None, help="YAML extraction config (configs/extract/); flags override it."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    workers: int = typer.Option(0, help="Run on a local dask cluster of N worker processes."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler (workers must see --out and --data)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Record unreadable images in the store and go on."),
-    decode_threads: int = typer.Option(2, help="Image-decoding threads feeding the model."),
-    set_: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable)."),
-) -> None:
-    """Run a frozen VFM over every view of a dataset once and write the feature store."""
-    from featcache.config import load_config
-    from featcache.datasets import open_dataset
-    from featcache.extraction import ExtractConfig
-    from featcache.extraction import extract as run_extract
-
-    flags = {
-        "vfm": vfm,
-        "weights": weights,
-        "weight_seed": weight_seed,
-        "resolution": resolution,
-        "crops": crops,
-        "mask_size": mask_size,
-        "batch_size": batch_size,
-        "samples_per_chunk": samples_per_chunk,
-    }
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(set_)
-    extract_config = load_config(ExtractConfig, config, overrides)
-    dataset = open_dataset(data, split)
-    summary = run_extract(
-        dataset,
-        out,
-        extract_config,
-        device=device,
-        workers=workers,
-        scheduler=scheduler,
-        skip_bad=skip_bad,
-        decode_threads=decode_threads,
-    )
-    state = "complete" if summary.complete else "incomplete"
-    console.print(
-        f"{out}: {summary.samples_run} samples in {summary.seconds:.1f} s ({summary.samples_per_second:.1f} images/s), "
-        f"{summary.units_run} units written, {summary.samples_bad} bad, store {state}"
-    )
-    for sample_id, reason in summary.bad.items():
-        error_console.print(f"[yellow]skipped[/] {sample_id}: {reason}")
-
-
-@app.command("train-vq")
-def train_vq_command(
-    store: Path = typer.Option(..., help="A complete feature store."),
-    out: Path = typer.Option(..., help="Run folder (weights, config.yaml, run.json, metrics, reconstructions.png)."),
-    config: Optional[Path] = typer.Option(None, help="YAML config (configs/vq/); default: the paper's settings."),
-    set_: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. quantizer.codebook_size=1024."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features from the images every step."),
-) -> None:
-    """Pre-train the VVO quantizer on cached features (only the quantizer and its decoder train)."""
-    from featcache.config import load_config
-    from featcache.training.config import VQTrainConfig
-    from featcache.training.loop import print_result
-    from featcache.training.runs import read_run_config
-    from featcache.training.vq import train_vq
-
-    if resume and config is None:
-        train_config = read_run_config(out, VQTrainConfig, list(set_))
+def _cli_parameter(info: ParamInfo, name: str | None = None) -> inspect.Parameter:
+    if info.argument:
+        default: Any = typer.Argument(... if info.required else info.default, help=info.help)
+    elif info.type is bool and not info.required:
+        default = typer.Option(info.default, info.flag if not info.default else f"{info.flag}/--no-{info.flag[2:]}", help=info.help)
     else:
-        train_config = load_config(VQTrainConfig, config, list(set_))
-    result = train_vq(store, train_config, out, device=device, resume=resume, online=online)
-    print_result(result)
+        value = ... if info.required else ([] if isinstance(info.default, (list, dict)) else info.default)
+        default = typer.Option(value, info.flag, help=info.help, show_default=value is not ... and value not in ([], None, ""))
+    return inspect.Parameter(name or info.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=_cli_type(info))
 
 
-@app.command()
-def tokenize(
-    store: Path = typer.Option(..., help="A complete feature store."),
-    vq: Path = typer.Option(..., help="A train-vq run folder."),
-    name: str = typer.Option(..., help="Name of the token set in the store (several may coexist)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing token set of this name."),
-    batch_size: int = typer.Option(256, help="Views per forward pass."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-) -> None:
-    """Write the VQ run's token indices (uint16) for every view into the store, with the projected codebook."""
-    from featcache.stages.tokenize import tokenize_store
-
-    summary = tokenize_store(store, vq, name, overwrite=overwrite, batch_size=batch_size, device=device)
-    console.print(
-        f"{store}: token set {summary.name!r} ({summary.codebook_size} codes), {summary.units_run} of {summary.units_total} units "
-        f"written in {summary.seconds:.1f} s"
-    )
+def _config_option_infos(operation: Operation) -> list[ParamInfo]:
+    """``extract --vfm`` and friends: fields of the operation's typed config offered as options (a shorthand for --set)."""
+    if not operation.config_options:
+        return []
+    hints = get_type_hints(operation.config_class())
+    return [
+        ParamInfo(field, Optional[hints[field]], None, text, "value", False, "--" + field.replace("_", "-"), False)
+        for field, text in operation.config_options.items()
+    ]
 
 
-@app.command("import-vvo")
-def import_vvo_command(
-    checkpoint: Path = typer.Argument(..., help="An official VVO checkpoint (.pth written by Genera1Z/VQ-VFM-OCL)."),
-    out: Path = typer.Option(..., help="Folder for the run folders vq/ and ocl/ (must not hold runs)."),
-    vfm: str = typer.Option("dino2-s14", help="The featcache VFM whose final-norm features the model reads."),
-    tokens: str = typer.Option("vvo-imported", help="Token set the OCL run reads; write it with tokenize --vq OUT/vq."),
-    grid: int = typer.Option(16, help="Patch-grid side where the weights hold no position embedding (Dfz, VQ)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value changes of the OCL config for what the weights cannot tell."),
-) -> None:
-    """Convert an official VVO checkpoint (VQ pre-training, VVO-Tfd/Mlp/Dfz, VVO's DINOSAUR) into featcache run folders."""
-    from featcache.stages.import_vvo import import_vvo
-
-    result = import_vvo(checkpoint, out, vfm=vfm, tokens=tokens, grid=(grid, grid), overrides=list(set_ or []))
-    console.print(f"{checkpoint}: {result.kind} checkpoint")
-    if result.vq_run is not None:
-        console.print(f"  quantizer -> {result.vq_run}")
-    if result.ocl_run is not None:
-        console.print(f"  OCL model -> {result.ocl_run}")
-    if result.tokens:
-        console.print(f"next: featcache tokenize --store STORE --vq {result.vq_run} --name {result.tokens}; featcache eval {result.ocl_run} --store STORE")
-    elif result.ocl_run is not None:
-        console.print(f"next: featcache eval {result.ocl_run} --store STORE")
+def _cli_params(operation: Operation, values: dict[str, Any]) -> Any:
+    """The operation's typed params from parsed command-line values (config options join the ``set`` overrides)."""
+    shorthand = {field: values.pop(f"config__{field}") for field in operation.config_options}
+    fields = {info.name: info for info in operation.params()}
+    params: dict[str, Any] = {}
+    for name, value in values.items():
+        info = fields[name]
+        if info.role == "set":
+            value = overrides_mapping(list(value or []))
+        elif isinstance(value, Path):
+            value = str(value)
+        params[name] = value
+    set_field = operation.roles("set")
+    given = {field: value for field, value in shorthand.items() if value is not None}
+    if given:
+        params[set_field[0]] = {**given, **params.get(set_field[0], {})}  # an explicit --set wins over the shorthand
+    return operation.make_params(params)
 
 
-@analyze_app.command("codes")
-def analyze_codes_command(
-    store: Path = typer.Option(..., help="A store with a token set."),
-    tokens: str = typer.Option(..., help="Token set name."),
-    out: Optional[Path] = typer.Option(None, help="Folder for codes.json and PNG plots; default runs/analysis/<store>-<tokens>."),
-) -> None:
-    """Code usage, dead codes, perplexity, nearest-neighbour distances (faiss), quantization error, codes per image."""
-    from featcache.analysis.codes import analyze_codes, print_code_table
+def _operation_command(operation: Operation) -> Callable[..., None]:
+    """A typer command whose options are the operation's declared params."""
+    infos = operation.params()
+    parameters = [_cli_parameter(info) for info in infos if info.argument]
+    parameters += [_cli_parameter(info) for info in infos if not info.argument]
+    parameters += [_cli_parameter(info, f"config__{info.name}") for info in _config_option_infos(operation)]
 
-    out_dir = out or Path("runs") / "analysis" / f"{store.stem}-{tokens}"
-    statistics = analyze_codes(store, tokens, out_dir)
-    print_code_table(statistics)
-    console.print(f"wrote {out_dir}")
+    def command(**values: Any) -> None:
+        params = _cli_params(operation, values)
+        operation.validate(params)
+        note = operation.run(params, resume=False, show_progress=True)
+        if note:
+            console.print(note)
 
-
-@analyze_app.command("separability")
-def analyze_separability_command(
-    store: list[Path] = typer.Option(..., help="One or more stores with masks (repeat --store to compare)."),
-    view: str = typer.Option("center", help="View to analyse."),
-    limit: Optional[int] = typer.Option(None, help="Use at most this many images per store."),
-    tokens: Optional[str] = typer.Option(None, help="Also analyse the quantized codes of this token set."),
-    pca_dims: int = typer.Option(32, help="PCA dimensions for the distance statistics."),
-    seed: int = typer.Option(0, help="Seed of PCA subsampling and kMeans."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-) -> None:
-    """Do the features separate objects? Intra/inter-object distances and per-image kMeans ARI / FG-ARI."""
-    from featcache.analysis.separability import analyze_separability, print_separability_table, write_separability_csv, write_separability_json
-
-    rows = analyze_separability(list(store), view=view, limit=limit, token_name=tokens, pca_dims=pca_dims, seed=seed)
-    print_separability_table(rows)
-    if json_out is not None:
-        write_separability_json(rows, json_out)
-    if csv_out is not None:
-        write_separability_csv(rows, csv_out)
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__name__ = operation.name.replace("-", "_")
+    command.__doc__ = operation.help
+    return command
 
 
-@app.command("train-ocl")
-def train_ocl_command(
-    store: Path = typer.Option(..., help="A complete feature store (with the token set the config names, if any)."),
-    out: Path = typer.Option(..., help="Run folder (weights, config.yaml, run.json, metrics)."),
-    config: list[Path] = typer.Option([], help="YAML config(s) (configs/ocl/), layered in order, e.g. a method then tiny.yaml."),
-    set_: list[str] = typer.Option([], "--set", help="Config override key=value, e.g. model.aggregator.num_slots=5."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features (and tokens) from the images every step."),
-    val_store: Optional[Path] = typer.Option(None, help="Store for periodic validation (default: the training store's first images)."),
-) -> None:
-    """Train an OCL model (aggregator + decoder only) straight from cached features and tokens."""
-    from featcache.config import load_config
-    from featcache.training.config import OCLTrainConfig
-    from featcache.training.loop import print_result
-    from featcache.training.ocl import train_ocl
-    from featcache.training.runs import read_run_config
+def _add_operation_commands() -> None:
+    from featcache.pipelines.kinds import ALL_OPERATIONS
 
-    if resume and not config:
-        train_config = read_run_config(out, OCLTrainConfig, list(set_))
-    else:
-        train_config = load_config(OCLTrainConfig, list(config), list(set_))
-    result = train_ocl(store, train_config, out, device=device, resume=resume, online=online, validation_store=val_store)
-    print_result(result)
+    groups = {"data": data_app, "analyze": analyze_app}
+    for operation in ALL_OPERATIONS:
+        *group, name = operation.words
+        target = groups[group[0]] if group else app
+        target.command(name, help=operation.help)(_operation_command(operation))
 
 
-@app.command("eval")
-def eval_command(
-    run: Path = typer.Argument(..., help="A train-ocl run folder."),
-    store: Optional[Path] = typer.Option(None, help="Store to evaluate on (default: the run's training store)."),
-    protocol: str = typer.Option(
-        "vvo",
-        help="featcache's own: vvo (background counted in mBO/mIoU) | dinosaur (not counted); each anchor's metric code "
-        "exactly: vvo-code | oclf | videosaur | videosaur-instances. Every choice is written to eval.json.",
-    ),
-    view: str = typer.Option("center", help="View of the store to score."),
-    limit: Optional[int] = typer.Option(None, help="Score at most this many images."),
-    baseline: bool = typer.Option(False, "--baseline", help="Also score per-image kMeans on the same features."),
-    out: Optional[Path] = typer.Option(None, help="Output folder for eval.json and masks.png."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    masks: Optional[str] = typer.Option(None, help="attention | decoder: masks to score (default: the run's mask_source)."),
-) -> None:
-    """ARI, FG-ARI, mBO, mIoU (Hungarian) with the protocol recorded; rich table, JSON and a PNG grid."""
-    from featcache.stages.evaluate import evaluate_run, print_evaluation
-
-    result = evaluate_run(run, store, protocol_name=protocol, view=view, limit=limit, baseline=baseline, out=out, device=device,
-                          mask_source=masks)
-    print_evaluation(result)
-
-
-@app.command()
-def sweep(
-    spec: Path = typer.Argument(..., help="Sweep spec YAML (configs/ablations/)."),
-    seeds: Optional[int] = typer.Option(None, help="Run seeds 0..N-1 instead of the spec's seeds."),
-    out: Optional[Path] = typer.Option(None, help="Sweep folder; default runs/sweeps/<name>."),
-    set_: list[str] = typer.Option([], "--set", help="Override key=value: a spec key (store=, eval.limit=, grid.KEY=[..]) or any OCL config key for every run."),
-    workers: int = typer.Option(0, help="Run on a local dask cluster of N single-threaded worker processes."),
-    scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler (workers must see the stores and --out)."),
-    fuse_seeds: bool = typer.Option(False, "--fuse-seeds", help="Train the seeds of each configuration together over shared batches."),
-    online: bool = typer.Option(False, "--online", help="Baseline: compute VFM features from the images every step."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    gpu_fraction: Optional[float] = typer.Option(None, help="Share of a GPU one run takes on a dask cluster (default: the spec's, 1.0)."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write rows and summary to this JSON file."),
-) -> None:
-    """Train and evaluate every configuration x seed of a sweep spec; skips finished runs; exit 1 if a run failed."""
-    from featcache.sweeps import load_sweep_spec, run_sweep
-    from featcache.sweeps.results import print_summary_table
-
-    sweep_spec = load_sweep_spec(spec, list(set_))
-    result = run_sweep(sweep_spec, out=out, seeds=seeds, workers=workers, scheduler=scheduler, fuse_seeds=fuse_seeds,
-                       online=online, device=device, gpu_fraction=gpu_fraction)
-    print_summary_table(result.summary, f"sweep {sweep_spec.name} ({result.ran} runs done now, {result.skipped} finished before)"
-                        + (" - RANDOM VFM weights" if result.random_weights else ""))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"out": str(result.out), "rows": result.rows, "summary": result.summary}, indent=2, default=float))
-    error_console.print(f"wrote {result.out}")
-    for row in result.failed:
-        error_console.print(f"[bold red]failed[/] {row['config_id']} seed {row['seed']}: {row['error']} ({result.out / row['run_dir'] / 'error.txt'})")
-    if result.failed:
-        raise typer.Exit(1)
-
-
-@app.command()
-def report(
-    sweep_dir: Path = typer.Argument(..., help="A sweep folder written by `featcache sweep`."),
-    out: Path = typer.Option(..., help="Folder for report.md, report.html and their PNG files."),
-) -> None:
-    """Markdown + static HTML report of a sweep: summary table, metric bar charts, loss curves, mask grids."""
-    from featcache.sweeps import write_report
-
-    path = write_report(sweep_dir, out)
-    console.print(f"wrote {path} and {path.with_suffix('.html')}")
-
+_add_operation_commands()
 
 @app.command()
 def info(
@@ -477,7 +292,7 @@ def main() -> None:
         app()
     except FeatcacheError as error:
         error_console.print(f"[bold red]error[/]: {error}", soft_wrap=True)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             changes[key] = merge(current, value, prefix=f"{prefix}{key}.")
+        elif get_origin(hints[key]) is dict and isinstance(current, dict) and isinstance(value, dict):
+            # Mapping fields (a sweep's set/grid, an operation's set) hold dotted keys, updated key by key.
+            changes[key] = {**flatten_keys(current), **flatten_keys(value)}
         else:
             changes[key] = _coerce(value, hints[key], prefix + key)
     return dataclasses.replace(base, **changes)  # type: ignore[type-var]

@@ -24,3 +24,9 @@ class StoreError(FeatcacheError):
 
 class WeightsError(FeatcacheError):
     """Encoder weights could not be loaded from the hub or a checkpoint file."""
+
+
+class RunsFailed(FeatcacheError):
+    """Some runs of a sweep failed (each recorded with its error); the others finished. The CLI exits 1, not 2."""
+
+    exit_code = 1

@@ -70,7 +70,7 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
     Session-scoped and read-only: the OCL stage, sweep and report tests share it.
     """
     from featcache.quantize import QuantizerConfig, VQDecoderConfig
-    from featcache.stages.tokenize import tokenize_store
+    from featcache.training.tokenize import tokenize_store
     from featcache.training.config import VQTrainConfig
     from featcache.training.vq import train_vq
 

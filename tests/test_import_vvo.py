@@ -22,7 +22,7 @@ from featcache.errors import ConfigError, FeatcacheError
 from featcache.interop.vvo_checkpoint import ocl_model_config, ocl_state_dict, quantizer_parts, read_vvo_checkpoint
 from featcache.ocl import OCLModel
 from featcache.quantize.model import VQModel
-from featcache.stages.import_vvo import import_vvo
+from featcache.training.import_vvo import import_vvo
 from tests.parity import FIXTURES, assert_close, fixture_config, load_fixture
 
 

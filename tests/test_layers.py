@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "featcache"
 
 #: Bottom to top; a module may import from its own layer and the layers below it, never from above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("featcache", "errors", "registry", "config", "console", "runtime", "provenance", "views", "plotting", "operations")),
+    ("base", ("featcache", "errors", "registry", "config", "console", "runtime", "provenance", "views", "plotting", "operations", "records")),
     ("data", ("datasets", "encoders", "store")),
     ("models", ("metrics", "quantize", "aggregators", "decoders", "ocl", "interop", "analysis", "extraction")),
     ("training", ("training",)),

@@ -100,7 +100,7 @@ def _with(change: Any) -> dict[str, Any]:
 
 BAD_PIPELINES = [
     ("unknown-kind", lambda d: d["stages"][0].update(kind="sinth"),
-     r"stage 'synth': unknown stage kind 'sinth'; known: analyze-codes, analyze-separability, eval, extract, report, sweep, synth, tokenize, train-ocl, train-vq"),
+     r"stage 'synth': unknown stage kind 'sinth'; known: analyze-codes, analyze-separability, eval, extract, import-vvo, report, sweep, synth, tokenize, train-ocl, train-vq"),
     ("unknown-param", lambda d: d["stages"][0]["params"].update(imagez=3),
      r"stage 'synth' \(synth\): unknown config key 'imagez'; valid keys: frames, images, max_objects, min_objects, out, seed, size, video"),
     ("unknown-config-key", lambda d: d["stages"][1]["params"]["set"].update(resolutoin=3),
@@ -147,11 +147,11 @@ def test_paths_outputs_under_workdir_inputs_from_cwd_configs_also_shipped(tmp_pa
     ]}
     stage = load_pipeline(write_yaml(tmp_path / "p.yaml", data)).stage("vq")
     assert stage.params.store == str(tmp_path / "cache" / "s.zarr")
-    assert stage.params.config == str(repo_root() / "configs" / "vq" / "tiny.yaml")  # not in the cwd: the shipped one
+    assert stage.params.config == [str(repo_root() / "configs" / "vq" / "tiny.yaml")]  # not in the cwd: the shipped one
     assert stage.outputs["run"] == str(tmp_path / "runs" / "pipelines" / "p" / "vq-run")
     (tmp_path / "configs" / "vq").mkdir(parents=True)
     write_yaml(tmp_path / "configs" / "vq" / "tiny.yaml", {"steps": 3})
-    assert load_pipeline(tmp_path / "p.yaml").stage("vq").params.config == str(tmp_path / "configs" / "vq" / "tiny.yaml")
+    assert load_pipeline(tmp_path / "p.yaml").stage("vq").params.config == [str(tmp_path / "configs" / "vq" / "tiny.yaml")]
 
 
 # ----------------------------------------------------------------------------- running
@@ -185,12 +185,12 @@ def test_second_run_skips_everything_and_a_change_reruns_its_stage_and_downstrea
     assert statuses(changed) == {"synth": "done", "extract": "done", "vq": "ran", "tokens": "ran", "ocl": "ran", "eval": "ran"}
     assert next(row for row in changed.rows if row.name == "vq").reason == "changed: params.config.steps"
     assert FeatureStore(work / "extract.zarr", warn_random=False).attributes["identity"] == store_identity
-    stale_runs = list(work.glob("vq.stale-*"))
+    stale_runs = list(work.glob("vq.replaced-*"))
     assert len(stale_runs) == 1 and (stale_runs[0] / "model.safetensors").is_file()  # set aside, not deleted
-    assert any(name.startswith("vvo-c256.stale-") for name in FeatureStore(work / "extract.zarr", warn_random=False).token_names())
+    assert any(name.startswith("vvo-c256.replaced-") for name in FeatureStore(work / "extract.zarr", warn_random=False).token_names())
     assert load_config(VQTrainConfig, work / "vq" / "config.yaml").steps == 5
 
-    assert len(list(work.glob("ocl.stale-*"))) == 1 and not list(work.glob("extract.zarr.stale-*"))
+    assert len(list(work.glob("ocl.replaced-*"))) == 1 and not list(work.glob("extract.zarr.replaced-*"))
 
     # A param changed with --set re-runs from that stage; --force plans a done stage and its downstream.
     tweaked = run_pipeline(load_pipeline(path, ["eval.limit=3"], workdir=work), show_progress=False)
@@ -217,7 +217,7 @@ def test_interrupted_training_stage_resumes_to_the_uninterrupted_weights(
     data = chain(vq_config)
     data["stages"] = data["stages"][:3]
     path = write_yaml(tmp_path / "p.yaml", data)
-    import featcache.stages.train_vq as train_vq_module
+    import featcache.training.vq as train_vq_module
 
     real = train_vq_module.train_vq
 
@@ -241,7 +241,7 @@ def test_interrupted_training_stage_resumes_to_the_uninterrupted_weights(
     # A changed extraction replaces the store explicitly: the old one is set aside whole, never appended to.
     changed = run_pipeline(load_pipeline(path, ["extract.set.view_seed=1"], workdir=tmp_path / "work"), show_progress=False)
     assert statuses(changed) == {"synth": "done", "extract": "ran", "vq": "ran"}
-    stale = list((tmp_path / "work").glob("extract.zarr.stale-*"))
+    stale = list((tmp_path / "work").glob("extract.zarr.replaced-*"))
     assert len(stale) == 1 and FeatureStore(stale[0], warn_random=False).attributes["config"]["view_seed"] == 0
     assert FeatureStore(tmp_path / "work" / "extract.zarr", warn_random=False).attributes["config"]["view_seed"] == 1
 
@@ -321,7 +321,7 @@ QUICK_TINY = [
     *[f"train-vq.set.quantizer.{key}={value}" for key, value in TINY_VQ["quantizer"].items()],  # type: ignore[attr-defined]
     *[f"train-vq.set.decoder.{key}={value}" for key, value in TINY_VQ["decoder"].items()],  # type: ignore[attr-defined]
     "train-vq.device=cpu", "tokenize.device=cpu",
-    *[f"sweep.set.{key}={value}" for key, value in TINY_OCL.items()], "sweep.set.eval.limit=4", "sweep.device=cpu",
+    *[f"sweep.set.set.{key}={value}" for key, value in TINY_OCL.items()], "sweep.set.eval.limit=4", "sweep.device=cpu",
 ]
 
 

@@ -75,7 +75,7 @@ def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: P
         seeds=[3, 7],
         data_seed=11,
     )
-    spec = load_sweep_spec(path, ["store=somewhere.zarr", "log_every=1"])
+    spec = load_sweep_spec(path, ["store=somewhere.zarr", "set.log_every=1"])
     runs = expand_runs(spec)
     expected_ids = [
         f"aggregator.name={name},aggregator.num_slots={slots},case={case}"
@@ -113,7 +113,9 @@ def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: P
         ({"set": {"seed": 3}}, [], r"set may not set 'seed'"),
         ({"seeds": []}, [], r"seeds: the list of seeds is empty"),
         ({"stor": "x"}, [], r"unknown config key 'stor'; valid keys: base, cases"),
-        ({}, ["learning_rat=0.1"], r"unknown config key 'learning_rat'"),
+        ({}, ["set.learning_rat=0.1"], r"unknown config key 'learning_rat'"),
+        # One grammar: an override names a key of the spec file; an OCL key without set. is refused with the hint.
+        ({}, ["learning_rate=0.1"], r"unknown config key 'learning_rate'; valid keys: base, .*under set., e.g. set.learning_rate="),
         # A grid value the base config cannot take: Tfd cannot reconstruct the Mlp case's codes+features target.
         ({"cases": [{"name": "vvo-mlp", "base": [str(OCL / "vvo-mlp.yaml")]}], "grid": {"model.decoder.name": ["mlp", "tfd"]}}, [],
          r"configuration decoder.name=tfd,case=vvo-mlp: decoder 'tfd' cannot reconstruct target 'codes\+features'"),

@@ -16,7 +16,7 @@ from featcache.datasets import open_dataset
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
 from featcache.quantize import QuantizerConfig, VQDecoderConfig
-from featcache.stages.tokenize import tokenize_store
+from featcache.training.tokenize import tokenize_store
 from featcache.store import FeatureStore, schema
 from featcache.training.config import VQTrainConfig
 from featcache.training.metrics_log import MetricsLog

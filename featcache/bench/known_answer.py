@@ -41,12 +41,13 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from featcache import records
 from featcache.config import load_config, repo_root, to_dict
 from featcache.console import console
 from featcache.decoders import DecoderTargets, create_decoder
 from featcache.errors import FeatcacheError
 from featcache.metrics.protocols import MaskMetrics, get_protocol, labels_from_patch_masks, score_masks
-from featcache.provenance import library_versions, utc_now
+from featcache.provenance import utc_now
 from featcache.runtime import resolve_device, seed_everything
 from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore, schema
@@ -220,7 +221,7 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     attributes = {
         "schema_version": schema.SCHEMA_VERSION,
-        "created": utc_now(),
+        **records.provenance(),
         "completed": None,
         "identity": identity,
         "config": {"known_answer": asdict(spec), "seed": seed},
@@ -252,7 +253,6 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
         },
         "views": [{"name": "center", "kind": "center", "flip": False}],
         "compression": {"codec": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "byte"},
-        "versions": library_versions(),
         "bad_samples": {},
     }
     create_store(path, layout, attributes, [f"scene-{seed}-{i:06d}" for i in range(images)], [None] * images, [0] * images)
@@ -288,14 +288,13 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
             {
                 "schema_version": 1,
                 "name": name,
-                "created": utc_now(),
+                **records.provenance(),
                 "completed": None,
                 "feature_kind": "last_block",
                 # No VQ run: the tokens are the generator's code ids (what a perfect quantizer would give).
                 "vq": {"run": None, "weights_sha256": f"known-answer:{name}:{spec.codebook_seed}", "config": None, "trained_on": None},
                 "codebook_size": int(codebook.shape[0]),
                 "code_dim": int(codebook.shape[1]),
-                "versions": library_versions(),
             },
         )
         for unit in range(layout.num_units):

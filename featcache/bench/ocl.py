@@ -17,10 +17,10 @@ from featcache.bench.extract import machine_description
 from featcache.bench.vq import build_benchmark_store, cache_versus_online
 from featcache.config import load_config
 from featcache.console import console
-from featcache.stages.tokenize import tokenize_store
 from featcache.training.config import OCLTrainConfig, VQTrainConfig
 from featcache.training.loop import TrainResult
 from featcache.training.ocl import train_ocl
+from featcache.training.tokenize import tokenize_store
 from featcache.training.vq import train_vq
 
 METHODS = ("vvo-tfd", "dinosaur-mlp")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import zarr
 
+from featcache import records
 from featcache.config import to_dict
 from featcache.console import error_console, format_rate, progress_bar
 from featcache.datasets import Dataset, open_dataset
@@ -30,7 +31,6 @@ from featcache.encoders.base import FrozenEncoder
 from featcache.errors import FeatcacheError, StoreError
 from featcache.extraction.config import ExtractConfig
 from featcache.extraction.units import FeatureComputer, PreparedSample, assemble_unit, prepare_sample
-from featcache.provenance import library_versions, utc_now
 from featcache.runtime import resolve_device
 from featcache.store import schema
 from featcache.store.reader import read_attributes
@@ -100,7 +100,7 @@ def build_attributes(
     spec = encoder.spec
     return {
         "schema_version": schema.SCHEMA_VERSION,
-        "created": utc_now(),
+        **records.provenance(),
         "completed": None,
         "identity": store_identity(config, encoder, dataset, views),
         "config": to_dict(config),
@@ -135,7 +135,6 @@ def build_attributes(
         },
         "views": [{"name": v.name, "kind": v.kind, "flip": v.flip} for v in views],
         "compression": {"codec": "blosc", "cname": "zstd", "clevel": config.compression_level, "shuffle": "byte"},
-        "versions": library_versions(),
         "bad_samples": {},
     }
 

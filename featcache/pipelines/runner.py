@@ -7,15 +7,12 @@ times, versions). A stage is done when its record matches, its upstream records 
 against, and its outputs exist; otherwise it runs, and so does everything downstream of it. A stage
 that was interrupted or failed (record ``running`` or ``failed`` with the same fingerprint) resumes through
 its own resume (extraction and tokenizing by unit, training from its last checkpoint, sweeps by run). Outputs of an earlier run with
-other inputs are moved to ``<output>.stale-<time>`` (or rewritten in place for eval and analyses);
+other inputs are moved to ``<output>.replaced-<time>`` (featcache.records.move_aside; eval and analyses are rewritten in place);
 outputs the pipeline did not write are never touched: the run refuses before any stage starts.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,11 +21,12 @@ from typing import Any, Iterable, Literal
 
 from rich.table import Table
 
+from featcache import records
 from featcache.config import to_dict
 from featcache.console import console, error_console
 from featcache.errors import FeatcacheError
+from featcache.pipelines.kinds import file_hashes
 from featcache.pipelines.spec import Pipeline, StageSpec, load_pipeline, shipped_pipeline
-from featcache.pipelines.stages import file_hashes
 from featcache.provenance import file_sha256, library_versions, utc_now
 
 RECORDS_FOLDER = ".stages"
@@ -81,25 +79,7 @@ def record_path(pipeline: Pipeline, stage: str) -> Path:
 
 
 def read_record(pipeline: Pipeline, stage: str) -> dict[str, Any] | None:
-    path = record_path(pipeline, stage)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise FeatcacheError(f"stage record {path} is not valid JSON; delete it (and the stage's outputs) to run the stage again") from None
-
-
-def _write_record(pipeline: Pipeline, stage: str, record: dict[str, Any]) -> None:
-    path = record_path(pipeline, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(temporary, path)
-
-
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
+    return records.read_record(record_path(pipeline, stage))
 
 
 def fingerprint_data(stage: StageSpec, upstream: dict[str, str]) -> dict[str, Any]:
@@ -111,16 +91,8 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     found: dict[str, str] = {}
     for stage in pipeline.stages:
         data = fingerprint_data(stage, {name: found[name] for name in stage.needs})
-        found[stage.name] = hashlib.sha256(_canonical(data).encode()).hexdigest()
+        found[stage.name] = records.fingerprint(data)
     return found
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two fingerprinted param dicts (for the reason column)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [key for name in keys for key in _changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePlan]:
@@ -143,20 +115,12 @@ def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePl
             reason = "forced"
         elif rerun := [name for name in stage.needs if name in runs]:
             reason = f"upstream {', '.join(rerun[:3])}{f' (+{len(rerun) - 3} more)' if len(rerun) > 3 else ''} runs"
-        elif record is None:
-            reason = "new"
-        elif record.get("fingerprint") != fingerprint:
-            new_data = fingerprint_data(stage, {name: stage_fingerprints[name] for name in stage.needs})
-            changed = _changed_keys(record.get("fingerprinted", {}), new_data)
-            reason = "changed: " + (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") if changed else "inputs")
-        elif record.get("upstream_runs") != upstream_runs:
+        elif record is not None and record.get("fingerprint") == fingerprint and record.get("upstream_runs") != upstream_runs:
             reason = "upstream re-ran since"
-        elif record.get("status") in ("running", "failed"):
-            decision, reason = "resume", f"{'interrupted' if record['status'] == 'running' else 'failed'}: resumes"
-        elif not kind.outputs_exist(stage.params):
-            reason = "outputs missing"
         else:
-            decision, reason = "done", f"up to date (ran {record.get('finished', '?')})"
+            fingerprinted = fingerprint_data(stage, {name: stage_fingerprints[name] for name in stage.needs})
+            verdict = records.decide(record, fingerprint, kind.outputs_exist(stage.params), fingerprinted)
+            decision, reason = verdict.decision, verdict.reason
         existing = [path for path in owned if Path(path).exists()]
         if decision != "done" and existing and not ours and not kind.adopts_existing:
             raise FeatcacheError(
@@ -171,15 +135,11 @@ def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePl
 
 
 def _set_aside(paths: tuple[str, ...], stage: str) -> None:
-    """Move a stage's own earlier outputs to ``<path>.stale-<time>`` (never deleted: the user decides)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """Move a stage's own earlier outputs aside (:func:`featcache.records.move_aside`; never deleted: the user decides)."""
     for path in paths:
         if not Path(path).exists():
             continue  # inside an output an upstream stage has just set aside (a token set in a replaced store)
-        target, count = f"{path}.stale-{stamp}", 1
-        while Path(target).exists():
-            target, count = f"{path}.stale-{stamp}-{count}", count + 1
-        os.replace(path, target)
+        target = records.move_aside(path, f"the inputs of pipeline stage {stage!r} changed", by="featcache run")
         error_console.print(f"[yellow]stage {stage!r}[/]: its inputs changed; moved its earlier output {path} to {target}")
 
 
@@ -215,23 +175,23 @@ def run_pipeline(pipeline: Pipeline, force: Iterable[str] = (), dry_run: bool = 
             "input_files": file_hashes(kind.input_files(stage.params)),
             "outputs": stage.outputs,
             "owned": kind.owned(stage.params),
+            **records.provenance(),
             "started": utc_now(),
-            "versions": library_versions(),
         }
-        _write_record(pipeline, stage.name, record)
+        records.write_record(record_path(pipeline, stage.name), record)
         began, began_cpu = time.perf_counter(), time.process_time()
         try:
             note = kind.run(stage.params, resume=plan.decision == "resume", show_progress=show_progress)
         except FeatcacheError as error:
             seconds = time.perf_counter() - began
             # A failed stage resumes like an interrupted one when run again with the same inputs.
-            _write_record(pipeline, stage.name, {**record, "status": "failed", "error": str(error), "seconds": seconds})
+            records.write_record(record_path(pipeline, stage.name), {**record, "status": "failed", "error": str(error), "seconds": seconds})
             result.error = f"stage {stage.name!r} ({stage.kind}) failed: {error}"
             result.rows.append(StageOutcome(stage.name, stage.kind, "failed", plan.reason, seconds, str(error)))
             continue
         seconds = time.perf_counter() - began
         timing = {"seconds": seconds, "cpu_seconds": time.process_time() - began_cpu}  # CPU of this process (not dask workers)
-        _write_record(pipeline, stage.name, {**record, "status": "done", "finished": utc_now(), **timing, "note": note})
+        records.write_record(record_path(pipeline, stage.name), {**record, "status": "done", "finished": utc_now(), **timing, "note": note})
         result.rows.append(StageOutcome(stage.name, stage.kind, "ran", plan.reason, seconds, note))
     if not dry_run:
         _write_status(result, started)
@@ -252,8 +212,7 @@ def _write_status(result: PipelineResult, started: str) -> None:
         "stages": [asdict(row) for row in result.rows],
         "versions": library_versions(),
     }
-    pipeline.workdir.mkdir(parents=True, exist_ok=True)
-    (pipeline.workdir / STATUS_FILE).write_text(json.dumps(status, indent=2, default=str))
+    records.write_record(pipeline.workdir / STATUS_FILE, status)
 
 
 STATUS_STYLES = {"done": "green", "ran": "bold green", "failed": "bold red", "skipped": "dim", "would run": "yellow", "would resume": "yellow"}

@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
-from featcache.config import deep_update, find_config_file, merge, parse_overrides, repo_root
+from featcache.config import deep_update, find_config_file, parse_overrides, repo_root
 from featcache.errors import ConfigError, FeatcacheError
-from featcache.pipelines.stages import STAGE_KINDS, StageKind
+from featcache.operations import Operation
+from featcache.pipelines.kinds import STAGE_KINDS
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
@@ -52,7 +53,7 @@ class StageSpec:
     outputs: dict[str, str]
 
     @property
-    def stage_kind(self) -> StageKind:
+    def stage_kind(self) -> Operation:
         return STAGE_KINDS.get(self.kind)
 
 
@@ -181,11 +182,11 @@ def _absolute(path: str, base: Path) -> str:
     return os.path.abspath(expanded if expanded.is_absolute() else base / expanded)
 
 
-def _resolve_paths(kind: StageKind, params: Any, stage_name: str, workdir: Path) -> Any:
+def _resolve_paths(kind: Operation, params: Any, stage_name: str, workdir: Path) -> Any:
     """Inputs absolute against the current directory, config files found as :func:`find_config_file` does,
     ``out`` (default: the stage name) against the workdir."""
     changes: dict[str, Any] = {}
-    for keys, locate in ((kind.input_paths, str), (kind.config_paths, lambda path: str(find_config_file(path)))):
+    for keys, locate in ((kind.roles("input"), str), (kind.roles("config"), lambda path: str(find_config_file(path)))):
         for key in keys:
             value = getattr(params, key)
             if isinstance(value, str) and value:
@@ -195,6 +196,13 @@ def _resolve_paths(kind: StageKind, params: Any, stage_name: str, workdir: Path)
     if kind.writes_out:
         changes["out"] = _absolute(params.out or stage_name + kind.out_suffix, workdir)
     return dataclasses.replace(params, **changes)
+
+
+def _refuse_cli_only(kind: Operation, params: dict[str, Any]) -> None:
+    """Command-line-only params (``resume``, ``overwrite``) are the runner's decision in a pipeline."""
+    for name in kind.roles("cli"):
+        if name in params:
+            raise ConfigError(f"param {name!r} is a command-line choice; a pipeline decides it itself (stages resume and set aside outputs)")
 
 
 def shipped_pipeline(name: str) -> Path:
@@ -290,7 +298,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None, workdir:
         kind = STAGE_KINDS.get(raw["kind"])
         resolved = _substitute(raw["params"], variables, outputs, where)
         try:
-            params = merge(kind.params_type(), resolved)
+            _refuse_cli_only(kind, resolved)
+            params = kind.make_params(resolved)
             params = _resolve_paths(kind, params, stage_name, root)
             kind.validate(params)
         except FeatcacheError as error:

@@ -1,22 +1,78 @@
-"""`featcache eval`: object-discovery metrics of a trained OCL run on a store, with the protocol recorded in eval.json."""
+"""`featcache eval`: ARI, FG-ARI, mBO, mIoU (Hungarian) of a trained OCL run on a store, with the protocol recorded
+in eval.json (rich table, JSON and a PNG grid). Sweeps score their runs with these same params.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from featcache.console import error_console
 from featcache.errors import FeatcacheError
-from featcache.metrics.protocols import MaskMetrics, Protocol, evaluate_masks, get_protocol, print_metrics_table, score_masks, write_mask_grid
-from featcache.provenance import utc_now
-from featcache.runtime import resolve_device
-from featcache.store import FeatureStore
-from featcache.training.checkpoint import read_run
-from featcache.training.runs import evaluation_generator, load_ocl_run
+from featcache.operations import Operation, declare, param
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from featcache.metrics.protocols import Protocol
+    from featcache.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    run: str = param("", help="A train-ocl run folder.", role="input", required=True, argument=True)
+    store: str | None = param(None, help="Store to evaluate on (default: the run's training store).", role="input")
+    protocol: str = param(
+        "vvo",
+        help="featcache's own: vvo (background counted in mBO/mIoU) | dinosaur (not counted); each anchor's metric code "
+        "exactly: vvo-code | oclf | videosaur | videosaur-instances. Every choice is written to eval.json.",
+    )
+    view: str = param("center", help="View of the store to score.")
+    limit: int | None = param(None, help="Score at most this many images.")
+    baseline: bool = param(False, help="Also score per-image kMeans on the same features.")
+    masks: str | None = param(None, help="attention | decoder: masks to score (default: the run's mask_source).")
+    out: str | None = param(None, help="Output folder for eval.json and masks.png (default: inside the run folder).", role="out")
+    batch_size: int = param(64, help="Images per forward pass.", role="runtime")
+    device: str = param("auto", help="auto | cpu | cuda", role="runtime")
+
+
+class Eval(Operation):
+    """ARI, FG-ARI, mBO, mIoU (Hungarian) with the protocol recorded; rich table, JSON and a PNG grid."""
+
+    name = "eval"
+    params_type = EvalParams
+    replace = "overwrite"
+
+    def validate(self, params: EvalParams) -> None:
+        from featcache.metrics.protocols import get_protocol
+
+        super().validate(params)
+        get_protocol(params.protocol)
+        if params.masks not in (None, "attention", "decoder"):
+            raise FeatcacheError(f"masks {params.masks!r}: expected attention or decoder (or nothing: the run's mask_source)")
+
+    def outputs(self, params: EvalParams) -> dict[str, str]:
+        return {"out": str(params.out), "json": str(Path(str(params.out)) / "eval.json")}
+
+    def outputs_exist(self, params: EvalParams) -> bool:
+        return Path(self.outputs(params)["json"]).is_file()
+
+    def run(self, params: EvalParams, resume: bool = False, show_progress: bool = True) -> str:
+        result = evaluate_params(params, show_progress=show_progress)
+        print_evaluation(result)
+        metrics = result["metrics"]
+        note = ", ".join(f"{name} {metrics[name]:.3f}" for name in ("ari", "fg_ari", "mbo", "miou") if isinstance(metrics.get(name), float))
+        if "kmeans_baseline" in result:
+            note += f"; kMeans fg_ari {result['kmeans_baseline']['fg_ari']:.3f}"
+        return note
+
+
+def evaluate_params(params: EvalParams, show_progress: bool = True) -> dict[str, Any]:
+    """:func:`evaluate_run` with the eval operation's params (what `featcache eval`, pipelines and sweeps call)."""
+    return evaluate_run(params.run, params.store, protocol_name=params.protocol, view=params.view, batch_size=params.batch_size,
+                        device=params.device, limit=params.limit, baseline=params.baseline, out=params.out, show_progress=show_progress,
+                        mask_source=params.masks)
 
 
 def evaluate_run(
@@ -37,6 +93,14 @@ def evaluate_run(
     ``mask_source`` (``attention`` | ``decoder``) scores other masks than the run's config names; the default
     output folder then says so, so both evaluations of one run are kept.
     """
+    from featcache import records
+    from featcache.metrics.protocols import evaluate_masks, get_protocol, write_mask_grid
+    from featcache.provenance import library_versions, utc_now
+    from featcache.runtime import resolve_device
+    from featcache.store import FeatureStore
+    from featcache.training.checkpoint import read_run
+    from featcache.training.runs import evaluation_generator, load_ocl_run
+
     run_dir = Path(run_dir)
     _, info = read_run(run_dir)
     if store_path is None and info["store"]["path"] is None:
@@ -75,12 +139,13 @@ def evaluate_run(
         },
         "metrics": metrics.summary(),
         "evaluated": utc_now(),
+        "versions": library_versions(),
     }
     if baseline:
         result["kmeans_baseline"] = kmeans_baseline_metrics(store, indices, feature_kind, view, protocol)
     out_dir = Path(out) if out else run_dir / (f"eval-{store.path.stem}-{protocol.name}" + (f"-{mask_source}-masks" if overridden else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, default=float))
+    records.write_record(out_dir / "eval.json", result)
     if store.has_images:
         write_mask_grid(store.images(indices[: len(examples)], view=view), examples, out_dir / "masks.png")
     result["output"] = str(out_dir)
@@ -89,7 +154,10 @@ def evaluate_run(
 
 def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_kind: str, view: str, protocol: Protocol) -> dict[str, float]:
     """Per-image kMeans (k = objects + background) on the same features, scored with the same protocol."""
+    import numpy as np
+
     from featcache.analysis.clustering import kmeans_baseline, objects_per_image
+    from featcache.metrics.protocols import MaskMetrics, score_masks
 
     features = store.features(indices, view=view, kind=feature_kind).astype(np.float32)  # (N, h, w, C)
     true = store.masks(indices, view=view).astype(np.int64)  # (N, M, M)
@@ -99,6 +167,9 @@ def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_ki
 
 
 def print_evaluation(result: dict[str, Any]) -> None:
+    from featcache.console import error_console
+    from featcache.metrics.protocols import print_metrics_table
+
     rows = [{"method": "model", **result["metrics"]}]
     if "kmeans_baseline" in result:
         rows.append({"method": "per-image kMeans", **result["kmeans_baseline"]})
@@ -109,3 +180,6 @@ def print_evaluation(result: dict[str, Any]) -> None:
         rows,
     )
     error_console.print(f"wrote {result['output']}")
+
+
+EVAL = declare(Eval())

@@ -1,132 +1,58 @@
-"""`featcache tokenize`: write a VQ run's token indices for every view into the store, unit by unit."""
+"""`featcache tokenize`: a VQ run's token indices (uint16) for every view, written into the store with the projected codebook.
+
+The work (resumable by unit) lives in :mod:`featcache.training.tokenize`.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from featcache.config import to_dict
-from featcache.console import format_rate, progress_bar
-from featcache.errors import StoreError
-from featcache.provenance import library_versions, utc_now
-from featcache.runtime import autocast, resolve_device
-from featcache.store import FeatureStore
-from featcache.store.tokens import create_token_set, delete_token_set, finish_token_set, pending_token_units, write_token_unit
-from featcache.training.runs import load_vq_run
+from featcache.operations import Operation, declare, param
 
 
-@dataclass
-class TokenizeSummary:
-    store: Path
-    name: str
-    units_run: int
-    units_total: int
-    seconds: float
-    codebook_size: int
+@dataclass(frozen=True)
+class TokenizeParams:
+    store: str = param("", help="A complete feature store.", role="input", required=True)
+    vq: str = param("", help="A train-vq run folder.", role="input", required=True)
+    name: str = param("", help="Name of the token set in the store (several may coexist).", required=True)
+    batch_size: int = param(256, help="Views per forward pass.", role="runtime")
+    device: str = param("auto", help="auto | cpu | cuda", role="runtime")
+    overwrite: bool = param(False, help="Replace an existing token set of this name.", role="cli")
 
 
-def check_run_fits_store(info: dict, store: FeatureStore, run_dir: Path) -> None:
-    """Refuse a VQ run trained on another VFM, feature dimension or grid than the store holds."""
-    trained = info["store"]
-    if trained["encoder"] != store.attributes["encoder"]["name"] or trained["channels"] != store.layout.channels:
-        raise StoreError(
-            f"VQ run {run_dir} was trained on {trained['encoder']} features ({trained['channels']} channels); "
-            f"store {store.path} holds {store.attributes['encoder']['name']} ({store.layout.channels} channels)"
+class Tokenize(Operation):
+    """Write the VQ run's token indices (uint16) for every view into the store, with the projected codebook."""
+
+    name = "tokenize"
+    params_type = TokenizeParams
+    writes_out = False
+
+    def outputs(self, params: TokenizeParams) -> dict[str, str]:
+        return {"store": params.store, "tokens": params.name}
+
+    def owned(self, params: TokenizeParams) -> list[str]:
+        from featcache.store.tokens import token_group_path
+
+        return [str(Path(params.store) / token_group_path(params.name))]
+
+    def outputs_exist(self, params: TokenizeParams) -> bool:
+        from featcache.store import FeatureStore
+
+        if not Path(params.store).is_dir():
+            return False
+        store = FeatureStore(params.store, warn_random=False)
+        return params.name in store.token_names() and bool(store.token_attributes(params.name).get("completed"))
+
+    def run(self, params: TokenizeParams, resume: bool = False, show_progress: bool = True) -> str:
+        from featcache.training.tokenize import tokenize_store
+
+        summary = tokenize_store(params.store, params.vq, params.name, overwrite=params.overwrite, batch_size=params.batch_size,
+                                 device=params.device, show_progress=show_progress)
+        return (
+            f"{params.store}: token set {summary.name!r} ({summary.codebook_size} codes), {summary.units_run} of {summary.units_total} units "
+            f"written in {summary.seconds:.1f} s"
         )
-    if list(trained["grid"]) != list(store.layout.grid):
-        raise StoreError(f"VQ run {run_dir} was trained on a {trained['grid']} grid; store {store.path} has {list(store.layout.grid)}")
-    if trained["feature_kind"] not in store.feature_kinds:
-        raise StoreError(f"VQ run {run_dir} needs {trained['feature_kind']} features, which store {store.path} cannot give")
 
 
-def tokenize_store(
-    store_path: str | Path,
-    vq_run: str | Path,
-    name: str,
-    overwrite: bool = False,
-    batch_size: int = 256,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> TokenizeSummary:
-    """Tokenize every view of every sample; resumes an unfinished token set made by the same VQ weights."""
-    store_path, vq_run = Path(store_path), Path(vq_run)
-    target_device = resolve_device(device)
-    store = FeatureStore(store_path)
-    store.require_complete()
-    model, config, info, weights_sha256 = load_vq_run(vq_run, target_device)
-    check_run_fits_store(info, store, vq_run)
-    feature_kind = info["store"]["feature_kind"]
-    if name in store.token_names():
-        existing = store.token_attributes(name)
-        same_weights = existing["vq"]["weights_sha256"] == weights_sha256
-        if overwrite:
-            delete_token_set(store_path, name)
-        elif not same_weights:
-            raise StoreError(
-                f"token set {name!r} in {store_path} was made by another VQ checkpoint ({existing['vq']['run']}); "
-                "pass --overwrite to replace it or choose another --name"
-            )
-        elif existing.get("completed"):
-            raise StoreError(f"token set {name!r} in {store_path} is complete; pass --overwrite to rewrite it or choose another --name")
-    if name not in FeatureStore(store_path, warn_random=False).token_names():
-        with torch.no_grad():
-            codebook = model.quantizer.codebook.codes().float().cpu().numpy()  # (K, D) projected codes
-        create_token_set(
-            store_path,
-            name,
-            store.layout,
-            codebook,
-            {
-                "schema_version": 1,
-                "name": name,
-                "created": utc_now(),
-                "completed": None,
-                "feature_kind": feature_kind,
-                "vq": {"run": str(vq_run), "weights_sha256": weights_sha256, "config": to_dict(config), "trained_on": info["store"]},
-                "codebook_size": int(codebook.shape[0]),
-                "code_dim": int(codebook.shape[1]),
-                "versions": library_versions(),
-            },
-        )
-    pending = pending_token_units(store_path, name)
-    layout = store.layout
-    started = time.perf_counter()
-    with progress_bar(disable=not show_progress) as progress:
-        task = progress.add_task(f"tokenize {name}", total=len(pending), rate="")
-        done_samples = 0
-        for unit in pending:
-            start, stop = layout.unit_range(unit)
-            features = store.features(slice(start, stop), view=None)  # (n, V, h, w, C) float16, stored kind
-            count, views = features.shape[:2]
-            flat = torch.from_numpy(features.reshape(count * views, *features.shape[2:]))  # (n*V, h, w, C)
-            indices, errors = [], []
-            for begin in range(0, flat.shape[0], batch_size):
-                chunk = flat[begin : begin + batch_size].to(target_device).float()
-                if feature_kind != store.stored_kind:
-                    chunk = store.derive(chunk, feature_kind)
-                with autocast(target_device):
-                    chunk_indices, chunk_errors = model.tokenize(chunk)
-                indices.append(chunk_indices.cpu())
-                errors.append(chunk_errors.float().cpu())
-            shape = (count, views, *layout.grid)
-            write_token_unit(
-                store_path, name, start, torch.cat(indices).numpy().reshape(shape), torch.cat(errors).numpy().reshape(shape), unit
-            )
-            done_samples += count
-            progress.update(task, advance=1, rate=format_rate(done_samples, time.perf_counter() - started, "samples"))
-    if not pending_token_units(store_path, name):
-        finish_token_set(store_path, name, utc_now())
-    return TokenizeSummary(
-        store=store_path,
-        name=name,
-        units_run=len(pending),
-        units_total=layout.num_units,
-        seconds=time.perf_counter() - started,
-        codebook_size=config.quantizer.codebook_size,
-    )
-
-
-__all__ = ["TokenizeSummary", "check_run_fits_store", "tokenize_store"]
+TOKENIZE = declare(Tokenize())

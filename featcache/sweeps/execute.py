@@ -9,9 +9,8 @@ with another config or other inputs is moved aside (never mixed, never deleted).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
 import time
 import traceback
 import warnings
@@ -22,12 +21,12 @@ from typing import Any, Iterator
 
 import torch
 
+from featcache import records
 from featcache.config import from_dict, to_dict
 from featcache.console import RandomWeightsWarning, progress_bar
 from featcache.errors import FeatcacheError
 from featcache.provenance import utc_now
-from featcache.stages.evaluate import evaluate_run
-from featcache.sweeps.spec import EvalSpec
+from featcache.stages.evaluate import EvalParams, evaluate_params
 from featcache.training.checkpoint import CONFIG_NAME, read_run
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loop import TrainResult
@@ -57,7 +56,7 @@ class RunTask:
     inputs: dict[str, Any]
     device: str
     online: bool
-    eval: EvalSpec
+    eval: EvalParams
     #: torch threads per worker process (0: leave torch's default).
     torch_threads: int = 0
     #: On a local multi-GPU cluster, worker k trains on GPU k mod (GPU count).
@@ -65,21 +64,22 @@ class RunTask:
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / RESULT_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    """The run's result.json; a torn or broken one reads as absent (the run is evaluated again)."""
+    return records.read_record(run_dir / RESULT_NAME, invalid="absent")
+
+
+def run_fingerprint(config_sha: str, inputs: dict[str, Any]) -> str:
+    """What a finished run is matched by: its resolved config and its inputs (stores, tokens, online, eval params)."""
+    return records.fingerprint({"config_sha": config_sha, "inputs": inputs})
 
 
 def is_finished(task: RunTask) -> dict[str, Any] | None:
     """The run's earlier result when it finished with the same config and inputs (skip it), else None."""
     result = read_result(Path(task.run_dir))
-    if result and result.get("status") == "ok" and result.get("config_sha") == task.config_sha and result.get("inputs") == task.inputs:
-        return result
-    return None
+    if result is None or "config_sha" not in result:
+        return None
+    recorded = {**result, "fingerprint": run_fingerprint(result["config_sha"], result.get("inputs") or {})}
+    return result if records.decide(recorded, run_fingerprint(task.config_sha, task.inputs), outputs_exist=True).decision == "done" else None
 
 
 def _training_inputs(info: dict[str, Any]) -> dict[str, Any]:
@@ -93,16 +93,8 @@ def _training_inputs(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _move_aside(run_dir: Path, reason: str) -> Path:
-    """Keep an old run folder next to the new one (``seed0.replaced-<time>``) and say why in it."""
-    stamp = utc_now().replace(":", "").replace("-", "").replace("+0000", "")
-    target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
-    counter = 1
-    while target.exists():
-        counter += 1
-        target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{counter}")
-    run_dir.rename(target)
-    (target / "REPLACED.txt").write_text(f"moved aside by featcache sweep at {utc_now()}: {reason}\n")
-    return target
+    """Keep an old run folder next to the new one (``seed0.replaced-<time>``, REPLACED.txt says why)."""
+    return records.move_aside(run_dir, reason, by="featcache sweep")
 
 
 def training_state(task: RunTask) -> str:
@@ -177,9 +169,7 @@ def _finish(task: RunTask, started: float, training: TrainResult | None, state: 
         (run_dir / ERROR_NAME).write_text("".join(traceback.format_exception(error)))
     elif (run_dir / ERROR_NAME).exists():
         (run_dir / ERROR_NAME).unlink()
-    temporary = run_dir / (RESULT_NAME + ".tmp")
-    temporary.write_text(json.dumps(row, indent=2, default=float))
-    os.replace(temporary, run_dir / RESULT_NAME)
+    records.write_record(run_dir / RESULT_NAME, row)
     return row
 
 
@@ -193,10 +183,8 @@ def _previous_training(task: RunTask) -> TrainResult | None:
 
 
 def _evaluate(task: RunTask, device: str) -> dict[str, Any]:
-    return evaluate_run(
-        task.run_dir, task.val_store, protocol_name=task.eval.protocol, device=device, limit=task.eval.limit,
-        baseline=task.eval.baseline, show_progress=False,
-    )
+    """The eval operation on the run, with the sweep's eval params (run, store and device set per run)."""
+    return evaluate_params(dataclasses.replace(task.eval, run=task.run_dir, store=task.val_store, device=device), show_progress=False)
 
 
 @contextmanager

@@ -17,26 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache.config import flatten_keys, load_config, merge, nest_keys, parse_overrides, to_dict
+from featcache.config import flatten_keys, load_config, merge, nest_keys, to_dict
 from featcache.errors import ConfigError
+from featcache.operations import overrides_mapping
+from featcache.stages.evaluate import EvalParams
 from featcache.training.config import OCLTrainConfig
 
 #: Keys a sweep controls itself (through ``seeds`` and ``data_seed``), never through set/grid/cases.
 RESERVED_KEYS = ("seed", "data_seed")
 #: Characters kept in a configuration id (it names a folder); anything else becomes ``_``.
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._=,+-]")
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """How every run of a sweep is scored (``featcache eval`` options)."""
-
-    #: A name from featcache.stages.evaluate.PROTOCOLS (vvo, dinosaur, vvo-code, oclf, videosaur, videosaur-instances).
-    protocol: str = "vvo"
-    #: Also score per-image kMeans on the same features (reported as ``kmeans_*`` metrics).
-    baseline: bool = False
-    #: Score at most this many images (None: all).
-    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,9 @@ class SweepSpec:
     seeds: int | list[int] = 3
     #: Seed of the batch order and view choice shared by all seeds (None: each run uses its seed).
     data_seed: int | None = 0
-    eval: EvalSpec = field(default_factory=EvalSpec)
+    #: How every run is scored: the eval operation's params (``featcache eval`` options); the sweep sets run, store,
+    #: out and device itself.
+    eval: EvalParams = field(default_factory=EvalParams)
     #: Share of one GPU a run takes on a dask cluster (1.0: a whole GPU per run).
     gpu_fraction: float = 1.0
     #: The file the spec was read from (set by load_sweep_spec; used in error messages).
@@ -234,41 +226,29 @@ def expand_runs(spec: SweepSpec, seeds: int | list[int] | None = None) -> list[P
     ]
 
 
-def apply_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
-    """``key=value`` overrides: spec keys (``store=...``, ``eval.limit=8``, ``grid.KEY=[...]``) change the spec;
-    any other key (or ``set.KEY``) is an OCL config override added to every run's ``set``."""
-    spec_fields = {f.name for f in dataclasses.fields(SweepSpec)}
-    spec_overrides: list[str] = []
-    run_overrides: list[str] = []
-    grid = dict(spec.grid)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if key.startswith("set."):
-            run_overrides.append(f"{key.removeprefix('set.')}={raw}")
-        elif key.startswith("grid."):
-            grid[key.removeprefix("grid.")] = parse_overrides([f"value={raw}"])["value"]
-        elif key.split(".")[0] in spec_fields:
-            spec_overrides.append(item)
-        else:
-            run_overrides.append(item)
-    updated = merge(spec, parse_overrides(spec_overrides)) if spec_overrides else spec
-    run_set = {**flatten_keys(updated.set), **flatten_keys(parse_overrides(run_overrides))}
-    return dataclasses.replace(updated, set=run_set, grid=grid)
+#: Eval params a sweep sets itself for every run.
+SWEEP_SET_EVAL_KEYS = ("run", "store", "out", "device")
 
 
-def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read a sweep spec file, apply ``key=value`` overrides, and check every configuration it expands to.
+def load_sweep_spec(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> SweepSpec:
+    """Read a sweep spec file, apply overrides (dotted keys of the spec file, as a mapping or ``key=value``
+    strings), and check every configuration it expands to.
 
     Nothing is read from the store here (it may not exist yet in a pipeline); :func:`run_sweep` checks it.
     """
     path = Path(path)
     spec = load_config(SweepSpec, path)
-    spec = apply_overrides(dataclasses.replace(spec, spec_file=str(path)), list(overrides or []))
-    if not spec.name:
-        spec = dataclasses.replace(spec, name=path.stem)
+    updates = overrides_mapping(overrides)
+    try:
+        spec = merge(spec, updates)
+    except ConfigError as error:
+        unknown = next((key for key in updates if key not in {f.name for f in dataclasses.fields(SweepSpec)}), None)
+        hint = f" (an OCL config key of every run goes under set., e.g. set.{unknown}=...)" if unknown else ""
+        raise ConfigError(f"sweep spec {path}: {error}{hint}") from None
+    spec = dataclasses.replace(spec, spec_file=str(path), name=spec.name or path.stem)
+    fixed = [key for key in SWEEP_SET_EVAL_KEYS if getattr(spec.eval, key) != getattr(EvalParams(), key)]
+    if fixed:
+        raise ConfigError(f"{spec.label}: eval.{fixed[0]} is set by the sweep for every run; remove it from the spec")
     expand_configurations(spec)
     return spec
 
@@ -276,10 +256,8 @@ def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> Swe
 __all__ = [
     "CaseSpec",
     "Configuration",
-    "EvalSpec",
     "PlannedRun",
     "SweepSpec",
-    "apply_overrides",
     "config_sha",
     "configuration_id",
     "expand_configurations",

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache import records
 from featcache.config import to_dict
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.metrics.protocols import get_protocol
-from featcache.provenance import library_versions, utc_now
+from featcache.provenance import utc_now
 from featcache.runtime import resolve_device
 from featcache.store import FeatureStore
 from featcache.store.summary import store_summary
@@ -128,9 +129,7 @@ def _check_fusable(spec: SweepSpec, groups: list[list[RunTask]]) -> None:
 
 
 def _write_sweep_json(out: Path, record: dict[str, Any]) -> None:
-    temporary = out / (SWEEP_NAME + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(temporary, out / SWEEP_NAME)
+    records.write_record(out / SWEEP_NAME, record)
 
 
 def run_sweep(
@@ -216,8 +215,7 @@ def run_sweep(
             "val_store": store_summary(val.path) if spec.val_store else None,
             "options": {"workers": workers, "scheduler": scheduler, "fuse_seeds": fuse_seeds, "online": online, "device": device,
                         "gpu_fraction": fraction},
-            "versions": library_versions(),
-            "created": utc_now(),
+            **records.provenance(),
             "finished": None,
         }
         _write_sweep_json(out_dir, record)

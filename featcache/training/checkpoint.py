@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from featcache import records
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.provenance import file_sha256
 
@@ -45,7 +46,7 @@ def save_checkpoint(
     _atomic_write(run_dir / STATE_NAME, lambda path: torch.save(train_state, path))
     _atomic_write(run_dir / CONFIG_NAME, lambda path: path.write_text(yaml.safe_dump(config, sort_keys=False)))
     info = {**run_info, "weights_sha256": file_sha256(run_dir / WEIGHTS_NAME)}
-    _atomic_write(run_dir / RUN_NAME, lambda path: path.write_text(json.dumps(info, indent=2)))
+    records.write_record(run_dir / RUN_NAME, info)
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

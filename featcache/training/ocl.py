@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import torch
 
+from featcache import records
 from featcache.config import to_dict
 from featcache.metrics.protocols import evaluate_masks, get_protocol
 from featcache.ocl import OCLModel, OCLOutput
-from featcache.provenance import library_versions, utc_now
 from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import prepare_run_folder
@@ -76,12 +76,11 @@ def ocl_run_info(store: FeatureStore, config: OCLTrainConfig, feature_kind: str,
     """Provenance written to run.json: the store and token set trained on, the device and library versions."""
     return {
         "stage": "ocl",
-        "created": utc_now(),
+        **records.provenance(),
         "store": store_summary_for_run(store, feature_kind),
         "tokens": store.token_attributes(config.tokens) if config.tokens else None,
         "online": online,
         "device": str(device),
-        "versions": library_versions(),
     }
 
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from featcache import records
 from featcache.config import to_dict
 from featcache.errors import ConfigError, StoreError
-from featcache.provenance import library_versions, utc_now
 from featcache.quantize import VQModel, usage_statistics_from_counts
 from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
@@ -79,11 +79,10 @@ def train_vq(
 
     run_info = {
         "stage": "vq",
-        "created": utc_now(),
+        **records.provenance(),
         "store": store_summary_for_run(store, feature_kind),
         "online": online,
         "device": str(target_device),
-        "versions": library_versions(),
     }
     try:
         loop = train_loop(
