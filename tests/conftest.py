@@ -70,8 +70,8 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
     Session-scoped and read-only: the OCL stage, sweep and report tests share it.
     """
     from featcache.quantize import QuantizerConfig, VQDecoderConfig
-    from featcache.training.tokenize import tokenize_store
     from featcache.training.config import VQTrainConfig
+    from featcache.training.tokenize import tokenize_store
     from featcache.training.vq import train_vq
 
     root = tmp_path_factory.mktemp("ocl")

@@ -16,11 +16,11 @@ from featcache.datasets import open_dataset
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
 from featcache.quantize import QuantizerConfig, VQDecoderConfig
-from featcache.training.tokenize import tokenize_store
 from featcache.store import FeatureStore, schema
 from featcache.training.config import VQTrainConfig
 from featcache.training.metrics_log import MetricsLog
 from featcache.training.runs import build_vq_model, load_vq_run
+from featcache.training.tokenize import tokenize_store
 from featcache.training.vq import train_vq
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "vq"

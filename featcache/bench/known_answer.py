@@ -219,14 +219,11 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
     )
     identity = _identity(spec, images, seed)
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    attributes = {
-        "schema_version": schema.SCHEMA_VERSION,
-        **records.provenance(),
-        "completed": None,
-        "identity": identity,
-        "config": {"known_answer": asdict(spec), "seed": seed},
-        "layout": layout.to_attributes(),
-        "encoder": {
+    attributes = schema.store_attributes(
+        identity=identity,
+        config={"known_answer": asdict(spec), "seed": seed},
+        layout=layout,
+        encoder={
             "name": "known-answer",
             "family": "synthetic",
             "timm_name": None,
@@ -241,8 +238,8 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
             "normalisation": None,
             "resize": "none: features are generated on the patch grid",
         },
-        "weights": {"source": "synthetic", "location": "featcache.bench.known_answer", "sha256": fingerprint, "file_sha256": None},
-        "dataset": {
+        weights={"source": "synthetic", "location": "featcache.bench.known_answer", "sha256": fingerprint, "file_sha256": None},
+        dataset={
             "source": f"known-answer:{seed}",
             "kind": "known-answer",
             "split": "train",
@@ -251,10 +248,9 @@ def write_known_answer_store(path: str | Path, spec: SceneSpec, images: int, see
             "is_video": False,
             "fingerprint": fingerprint,
         },
-        "views": [{"name": "center", "kind": "center", "flip": False}],
-        "compression": {"codec": "blosc", "cname": "zstd", "clevel": 1, "shuffle": "byte"},
-        "bad_samples": {},
-    }
+        views=[{"name": "center", "kind": "center", "flip": False}],
+        compression_level=1,
+    )
     create_store(path, layout, attributes, [f"scene-{seed}-{i:06d}" for i in range(images)], [None] * images, [0] * images)
     masks = pixel_masks(scenes.labels, spec.mask_size)
     for unit in range(layout.num_units):

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import zarr
 
-from featcache import records
 from featcache.config import to_dict
 from featcache.console import error_console, format_rate, progress_bar
 from featcache.datasets import Dataset, open_dataset
@@ -98,14 +97,11 @@ def build_attributes(
 ) -> dict[str, Any]:
     """The store's full provenance."""
     spec = encoder.spec
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        **records.provenance(),
-        "completed": None,
-        "identity": store_identity(config, encoder, dataset, views),
-        "config": to_dict(config),
-        "layout": layout.to_attributes(),
-        "encoder": {
+    return schema.store_attributes(
+        identity=store_identity(config, encoder, dataset, views),
+        config=to_dict(config),
+        layout=layout,
+        encoder={
             "name": spec.name,
             "family": spec.family,
             "timm_name": spec.timm_name,
@@ -118,13 +114,13 @@ def build_attributes(
             "normalisation": {"mean": list(spec.mean), "std": list(spec.std), "input_range": "uint8 / 255"},
             "resize": "bicubic antialiased crop-resize to resolution; masks nearest",
         },
-        "weights": {
+        weights={
             "source": encoder.weights.source,
             "location": encoder.weights.location,
             "sha256": encoder.weights.sha256,
             "file_sha256": encoder.weights.file_sha256,
         },
-        "dataset": {
+        dataset={
             "source": dataset.source(),
             "kind": dataset.kind,
             "split": dataset.split,
@@ -133,10 +129,9 @@ def build_attributes(
             "is_video": dataset.is_video,
             "fingerprint": dataset.fingerprint(),
         },
-        "views": [{"name": v.name, "kind": v.kind, "flip": v.flip} for v in views],
-        "compression": {"codec": "blosc", "cname": "zstd", "clevel": config.compression_level, "shuffle": "byte"},
-        "bad_samples": {},
-    }
+        views=[{"name": v.name, "kind": v.kind, "flip": v.flip} for v in views],
+        compression_level=config.compression_level,
+    )
 
 
 def open_or_create(

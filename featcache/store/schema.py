@@ -88,3 +88,34 @@ class StoreLayout:
     @classmethod
     def from_attributes(cls, data: dict[str, Any]) -> "StoreLayout":
         return cls(**{**data, "view_names": tuple(data["view_names"]), "grid": tuple(data["grid"])})
+
+
+def store_attributes(
+    *,
+    identity: dict[str, Any],
+    config: dict[str, Any],
+    layout: "StoreLayout",
+    encoder: dict[str, Any],
+    weights: dict[str, Any],
+    dataset: dict[str, Any],
+    views: list[dict[str, Any]],
+    compression_level: int,
+) -> dict[str, Any]:
+    """A new store's attributes (its full provenance), in the one format every store writer uses: extraction and
+    the known-answer stores. ``completed`` stays None until the last unit is written."""
+    from featcache import records
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **records.provenance(),
+        "completed": None,
+        "identity": identity,
+        "config": config,
+        "layout": layout.to_attributes(),
+        "encoder": encoder,
+        "weights": weights,
+        "dataset": dataset,
+        "views": views,
+        "compression": {"codec": "blosc", "cname": "zstd", "clevel": compression_level, "shuffle": "byte"},
+        "bad_samples": {},
+    }
