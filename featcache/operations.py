@@ -201,10 +201,13 @@ class Operation:
 
     def fingerprint_data(self, params: Any) -> dict[str, Any]:
         """What the output depends on: params minus runtime and command-line-only ones; config files and
-        overrides by the resolved config's values (renaming a file changes nothing)."""
-        data = {key: value for key, value in to_dict(params).items() if key not in self.roles("runtime", "cli", "config", "set", "out")}
+        overrides by the resolved config's values (renaming a file changes nothing; a trained run or a store does
+        not depend on where it is written, so then ``out`` is left out too)."""
+        data = {key: value for key, value in to_dict(params).items() if key not in self.roles("runtime", "cli", "config", "set")}
         config = self.typed_config(params)
         if config is not None:
+            for name in self.roles("out"):
+                data.pop(name, None)
             data["config"] = to_dict(config)
         return data
 
