@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from featcache.config import from_dict, load_config, parse_overrides, to_dict
+from featcache.config import from_dict, load_config, moved_key, moved_keys, parse_overrides, to_dict
 from featcache.errors import ConfigError
 from featcache.extraction import ExtractConfig
 
@@ -59,3 +59,56 @@ def test_every_shipped_extract_config_loads() -> None:
     for path in configs:
         config = load_config(ExtractConfig, path)
         assert config.vfm
+
+
+# ----------------------------------------------------------------------------- moved keys
+@dataclass(frozen=True)
+class Section:
+    size: int = 3
+    rate: float = 0.5
+
+
+@dataclass(frozen=True)
+class Moved:
+    """``size`` and ``speed`` used to be top-level fields; they moved into ``section`` (``speed`` renamed ``rate``)."""
+
+    name: str = "a"
+    section: Section = field(default_factory=Section)
+
+
+moved_keys(Moved, {"size": "section.size", "speed": "section.rate"})
+
+
+@dataclass(frozen=True)
+class Holder:
+    moved: Moved = field(default_factory=Moved)
+
+
+def test_saved_configs_with_moved_keys_load_at_their_new_place() -> None:
+    assert from_dict(Moved, {"name": "b", "size": 4, "speed": 2.0}) == Moved(name="b", section=Section(size=4, rate=2.0))
+    assert from_dict(Moved, {"size": 4, "section": {"rate": 1.0}}) == Moved(section=Section(size=4, rate=1.0))
+    assert from_dict(Holder, {"moved": {"size": 5}}) == Holder(Moved(section=Section(size=5)))  # nested configs too
+    assert from_dict(Moved, to_dict(Moved(section=Section(size=9)))) == Moved(section=Section(size=9))  # new layout as is
+    assert moved_key(Moved, "size") == "section.size" and moved_key(Moved, "name") is None
+    with pytest.raises(ConfigError, match=r"saved config holds both 'size' and its new key 'section.size'"):
+        from_dict(Moved, {"size": 4, "section": {"size": 5}})
+
+
+def test_an_old_key_in_a_file_or_override_fails_naming_where_it_went(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("size: 4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'size' \(moved: section.size\); valid keys: name, section$"):
+        load_config(Moved, path)
+    with pytest.raises(ConfigError, match=r"^unknown config key 'speed' \(moved: section.rate\); valid keys: name, section$"):
+        load_config(Moved, None, ["speed=2"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'moved.size' \(moved: moved.section.size\)"):
+        load_config(Holder, None, ["moved.size=2"])
+    with pytest.raises(ConfigError, match=r"^unknown config key 'sise'; valid keys"):  # no hint for a plain typo
+        load_config(Moved, None, ["sise=2"])
+
+
+def test_moved_keys_are_checked_when_declared() -> None:
+    with pytest.raises(ValueError, match="old key 'name' must be a top-level name Moved no longer has"):
+        moved_keys(Moved, {"name": "section.size"})
+    with pytest.raises(ValueError, match="new key 'section.sise' is not a field of Moved"):
+        moved_keys(Moved, {"old": "section.sise"})
