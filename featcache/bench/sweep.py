@@ -30,8 +30,8 @@ SIDES: dict[str, dict[str, bool]] = {
 
 def time_sweep_sides(spec_file: Path, store: Path, work_dir: Path, seeds: int, steps: int, rounds: int, device: str, eval_images: int) -> dict[str, Any]:
     """Best-of-``rounds`` wall seconds of the sweep per side (train + evaluate every run), alternating sides."""
-    overrides = [f"store={store}", f"steps={steps}", f"log_every={steps}", f"checkpoint_every={steps}", "validate_every=0",
-                 "loader=memory", f"eval.limit={eval_images}", "eval.baseline=false",
+    overrides = [f"store={store}", f"train.steps={steps}", f"train.log_every={steps}", f"train.checkpoint_every={steps}", "validate_every=0",
+                 "train.loader=memory", f"eval.limit={eval_images}", "eval.baseline=false",
                  # Fused seeds cannot reproduce dropout masks, so every side trains without dropout (the same runs).
                  "model.aggregator.mlp_dropout=0", "model.projection_dropout=0", "model.decoder.dfz.dropout=0"]
     spec = load_sweep_spec(spec_file, overrides)

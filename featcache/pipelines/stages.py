@@ -512,7 +512,7 @@ class SweepParams:
     store: str = ""
     val_store: str | None = None
     #: Spec overrides as `featcache sweep --set` takes them: spec keys (``seeds``, ``eval.limit``, ``grid.KEY``)
-    #: or OCL config keys applied to every run (``steps``, ``model.aggregator.num_slots``).
+    #: or OCL config keys applied to every run (``train.steps``, ``model.aggregator.num_slots``).
     set: dict[str, Any] = field(default_factory=dict)
     out: str = ""
     online: bool = False
