@@ -236,7 +236,7 @@ def bench_known_answer(
     method: list[str] = typer.Option([], "--method", help="perfect-slots/dinosaur-mlp | segments/dinosaur-mlp | tokens/vvo-tfd (repeatable; default all)."),
     seeds: int = typer.Option(3, help="Seeds 0..N-1 of every method."),
     config: list[Path] = typer.Option([], "--config", help="Config file layered after the method config and configs/ocl/known-answer.yaml (repeatable)."),
-    set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE for every method (repeatable), e.g. lr_schedule=constant."),
+    set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE for every method (repeatable), e.g. train.lr_schedule=constant."),
     train_images: int = typer.Option(1024, help="Scenes in the training store."),
     validation_images: int = typer.Option(256, help="Held-out scenes every method is scored on."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -256,7 +256,7 @@ def bench_known_answer(
 def run_command(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML (pipelines/); shipped ones are found from any directory."),
     workdir: Optional[Path] = typer.Option(None, help="Folder for outputs and stage records; default the file's workdir or runs/pipelines/<name>."),
-    set_: list[str] = typer.Option([], "--set", help="Stage param override STAGE.PARAM=VALUE, e.g. train-vq.set.steps=100 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Stage param override STAGE.PARAM=VALUE, e.g. train-vq.set.train.steps=100 (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would run, without running anything."),
     force: list[str] = typer.Option([], "--force", help="Re-run this stage (and everything downstream) even if done (repeatable)."),
 ) -> None:

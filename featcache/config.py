@@ -96,8 +96,10 @@ def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
     changes: dict[str, Any] = {}
     for key, value in updates.items():
         if key not in fields:
+            moved = _MOVED_KEYS.get(type(base), {}).get(key)
+            hint = f" (moved: {prefix}{moved})" if moved else ""
             raise ConfigError(
-                f"unknown config key {prefix + key!r}; valid keys: {', '.join(sorted(prefix + f for f in fields))}"
+                f"unknown config key {prefix + key!r}{hint}; valid keys: {', '.join(sorted(prefix + f for f in fields))}"
             )
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -204,6 +206,65 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+#: Per config class, its keys that moved into a section: old top-level key -> new dotted key (see :func:`moved_keys`).
+_MOVED_KEYS: dict[type, dict[str, str]] = {}
+
+
+def _field_path_exists(cls: type, dotted: str) -> bool:
+    """Whether ``dotted`` (``train.steps``) names a field of dataclass ``cls``, through nested dataclass fields."""
+    *sections, name = dotted.split(".")
+    for section in sections:
+        hint = get_type_hints(cls).get(section) if _is_dataclass_type(cls) else None
+        if not _is_dataclass_type(hint):
+            return False
+        cls = hint
+    return _is_dataclass_type(cls) and name in {f.name for f in dataclasses.fields(cls)}
+
+
+def moved_keys(cls: type, moves: dict[str, str]) -> None:
+    """Declare keys of ``cls`` that moved: each old key (a top-level field name ``cls`` no longer has) -> its new
+    dotted key (``{"steps": "train.steps"}``), registered next to the class.
+
+    Configs saved before the move (config.yaml in run folders) load through :func:`from_dict`, which moves the
+    old keys to their new place; a config file or override that still uses an old key fails as an unknown key
+    whose error names the new one (``unknown config key 'steps' (moved: train.steps); valid keys: ...``).
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for old, new in moves.items():
+        if "." in old or old in fields:
+            raise ValueError(f"moved_keys({cls.__name__}): old key {old!r} must be a top-level name {cls.__name__} no longer has")
+        if not _field_path_exists(cls, new):
+            raise ValueError(f"moved_keys({cls.__name__}): new key {new!r} is not a field of {cls.__name__}")
+    _MOVED_KEYS.setdefault(cls, {}).update(moves)
+
+
+def moved_key(cls: type, key: str) -> str | None:
+    """Where the old top-level ``key`` of ``cls`` moved (its new dotted key), or None when it did not move."""
+    return _MOVED_KEYS.get(cls, {}).get(key)
+
+
+def _move_saved_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a saved config of ``cls``) with its old keys moved to their :func:`moved_keys` places."""
+    moves = _MOVED_KEYS.get(cls)
+    if not moves or not any(key in data for key in moves):
+        return data
+    moved = {key: value for key, value in data.items() if key not in moves}
+    for old, new in moves.items():
+        if old not in data:
+            continue
+        *sections, name = new.split(".")
+        node = moved
+        for section in sections:
+            child = node.get(section)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[section] = child
+            node = child
+        if name in node:
+            raise ConfigError(f"saved config holds both {old!r} and its new key {new!r}")
+        node[name] = data[old]
+    return moved
+
+
 #: Per config class, the values of fields added after run folders were first written (see :func:`saved_before`).
 _SAVED_BEFORE: dict[type, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
@@ -219,8 +280,9 @@ def saved_before(cls: type, values: dict[str, Any] | Callable[[dict[str, Any]], 
 
 
 def _fill_saved_before(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the fields it lacks filled as declared by :func:`saved_before`, nested configs included."""
-    filled = dict(data)
+    """``data`` with its moved keys in their new places (:func:`moved_keys`) and the fields it lacks filled as
+    declared by :func:`saved_before`, nested configs included."""
+    filled = dict(_move_saved_keys(cls, data))
     legacy = _SAVED_BEFORE.get(cls)
     if legacy is not None:
         for key, value in legacy(data).items():
@@ -233,8 +295,9 @@ def _fill_saved_before(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Rebuild a config saved with :func:`to_dict` (strict: a key the class lacks fails; a field the saved config
-    lacks, because it was written before the field existed, gets its :func:`saved_before` value)."""
+    """Rebuild a config saved with :func:`to_dict` (strict: a key the class lacks fails; a key that moved since
+    the config was saved is read at its :func:`moved_keys` place; a field the saved config lacks, because it was
+    written before the field existed, gets its :func:`saved_before` value)."""
     return merge(cls(), _fill_saved_before(cls, data))
 
 

@@ -70,7 +70,7 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
     Session-scoped and read-only: the OCL stage, sweep and report tests share it.
     """
     from featcache.quantize import QuantizerConfig, VQDecoderConfig
-    from featcache.training.config import VQTrainConfig
+    from featcache.training.config import TrainSettings, VQTrainConfig
     from featcache.training.tokenize import tokenize_store
     from featcache.training.vq import train_vq
 
@@ -82,7 +82,7 @@ def ocl_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Pat
             vq = VQTrainConfig(
                 quantizer=QuantizerConfig(codebook_size=16, code_dim=code_dim, template_dim=8, encoder_layers=1, encoder_channels=16),
                 decoder=VQDecoderConfig(target="pixels", channels=8, image_size=32),
-                steps=10, batch_size=8, log_every=5, checkpoint_every=10, loader="memory",
+                train=TrainSettings(steps=10, batch_size=8, learning_rate=2e-3, log_every=5, checkpoint_every=10, loader="memory"),
             )
             train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)
             tokenize_store(out, root / f"vq-{name}", name, device="cpu", show_progress=False)

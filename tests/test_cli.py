@@ -82,12 +82,17 @@ def test_vq_commands_from_the_cli(tmp_path: Path, shapes_dir: Path, monkeypatch:
     run = tmp_path / "vq"
     code, _, err = run_cli(
         monkeypatch, capsys, "train-vq", "--store", str(store), "--config", str(config), "--out", str(run), "--device", "cpu",
-        "--set", "steps=12", "--set", "decoder.image_size=32", "--set", "quantizer.codebok_size=8",
+        "--set", "train.steps=12", "--set", "decoder.image_size=32", "--set", "quantizer.codebok_size=8",
     )
     assert code == 2 and "unknown config key 'quantizer.codebok_size'" in err
+    code, _, err = run_cli(  # a training key at its old top-level place: the error names where it went
+        monkeypatch, capsys, "train-vq", "--store", str(store), "--config", str(config), "--out", str(run), "--device", "cpu",
+        "--set", "steps=12",
+    )
+    assert code == 2 and "unknown config key 'steps' (moved: train.steps); valid keys:" in err and not run.exists()
     code, _, err = run_cli(
         monkeypatch, capsys, "train-vq", "--store", str(store), "--config", str(config), "--out", str(run), "--device", "cpu",
-        "--set", "steps=12", "--set", "decoder.image_size=32", "--set", "log_every=4",
+        "--set", "train.steps=12", "--set", "decoder.image_size=32", "--set", "train.log_every=4",
     )
     assert code == 0, err
     assert (run / "reconstructions.png").is_file() and (run / "metrics.csv").is_file()

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from featcache.aggregators.slot_attention import gru_update
-from featcache.config import from_dict, load_config
+from featcache.config import from_dict, load_config, merge, nest_keys
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.ocl import OCLModel
 from featcache.stages.evaluate import evaluate_run
 from featcache.training.checkpoint import read_run
-from featcache.training.config import OCLTrainConfig
+from featcache.training.config import OCLTrainConfig, with_seed
 from featcache.training.fused import FusedSeeds, dropout_keys, train_ocl_fused_seeds
 from featcache.training.loop import LoopRun
 from featcache.training.metrics_log import MetricsLog
@@ -38,10 +38,12 @@ def one_thread() -> Iterator[None]:
 
 
 def seed_configs(method: str, seeds: tuple[int, ...] = SEEDS, overrides: list[str] | None = None, **changes: object) -> list[OCLTrainConfig]:
-    """The tiny preset of ``method`` for a few steps, one config per seed, sharing data_seed 0 (then ``overrides``)."""
+    """The tiny preset of ``method`` for a few steps, one config per seed, sharing data_seed 0 (then ``overrides``,
+    then ``changes``: top-level fields, or ``steps``)."""
     settings = [f"{key}={value}" for key, value in {
-        "steps": 4, "batch_size": 8, "log_every": 2, "validate_every": 4, "validation_images": 4, "checkpoint_every": 2,
-        "loader": "memory", "data_seed": 0, "grad_clip": 0.05,  # a small clip: per-seed clipping acts at every step
+        "train.steps": changes.pop("steps", 4), "train.batch_size": 8, "train.log_every": 2, "validate_every": 4,
+        "validation_images": 4, "train.checkpoint_every": 2, "train.loader": "memory", "train.data_seed": 0,
+        "train.grad_clip": 0.05,  # a small clip: per-seed clipping acts at every step
         # narrower than the tiny preset, so the tests stay fast on 2 shared cores
         "model.aggregator.slot_dim": 16, "model.aggregator.mlp_hidden": 32, "model.projection_hidden": 32,
         "model.decoder.mlp.hidden": 32, "model.decoder.tfd.dim": 16, "model.decoder.tfd.feedforward": 32,
@@ -50,7 +52,7 @@ def seed_configs(method: str, seeds: tuple[int, ...] = SEEDS, overrides: list[st
         "model.aggregator.mlp_dropout": 0.0, "model.projection_dropout": 0.0, "model.decoder.dfz.dropout": 0.0,
     }.items()]
     config = load_config(OCLTrainConfig, [CONFIGS / f"{method}.yaml", CONFIGS / "tiny.yaml"], settings + list(overrides or []))
-    return [replace(config, seed=seed, **changes) for seed in seeds]
+    return [with_seed(replace(config, **changes), seed) for seed in seeds]
 
 
 def gradient_free(key: str, tensor: torch.Tensor, alpha_bias: str) -> torch.Tensor:
@@ -105,7 +107,7 @@ def test_fused_seeds_equal_separate_runs(method: str, seeds: tuple[int, ...], ov
     results = train_ocl_fused_seeds(ocl_store, configs, fused_dirs, device="cpu", show_progress=False)
     assert [r.steps for r in results] == [4] * len(seeds)
     for config, fused_dir, result in zip(configs, fused_dirs, results):
-        separate = tmp_path / f"separate-{config.seed}"
+        separate = tmp_path / f"separate-{config.train.seed}"
         single = train_ocl(ocl_store, config, separate, device="cpu", show_progress=False)
         # 5e-5: Adam divides by sqrt(v); where an element's gradient nearly cancels between steps, it magnifies the
         # float rounding that differs between the vmapped and the plain forward (one UNet element measured at 1.6e-5
@@ -124,8 +126,8 @@ def test_fused_seeds_equal_separate_runs(method: str, seeds: tuple[int, ...], ov
 
 def test_fused_resume_equals_uninterrupted_and_folders_resume_separately(ocl_store: Path, tmp_path: Path) -> None:
     configs = seed_configs("dinosaur-mlp", seeds=(3, 5))
-    whole = [tmp_path / f"whole-{c.seed}" for c in configs]
-    parts = [tmp_path / f"parts-{c.seed}" for c in configs]
+    whole = [tmp_path / f"whole-{c.train.seed}" for c in configs]
+    parts = [tmp_path / f"parts-{c.train.seed}" for c in configs]
     train_ocl_fused_seeds(ocl_store, configs, whole, device="cpu", show_progress=False)
     train_ocl_fused_seeds(ocl_store, configs, parts, device="cpu", show_progress=False, stop_after=2)
     # A fused run folder is an ordinary run folder: train_ocl resumes seed 5's on its own (copy it first).
@@ -185,11 +187,11 @@ def test_fused_run_folder_evaluates(ocl_store: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "second_changes", "message"),
     [
-        ([], {"learning_rate": 1e-3}, r"differ only in seed; seed 0 and seed 1 also differ in: learning_rate \(0.0004 vs 0.001\)"),
-        (["data_seed=null"], {}, "need a common data_seed"),
+        ([], {"train.learning_rate": 1e-3}, r"differ only in train.seed; seed 0 and seed 1 also differ in: train.learning_rate \(0.0004 vs 0.001\)"),
+        (["train.data_seed=null"], {}, "need a common train.data_seed"),
         (["model.projection_dropout=0.1"], {}, r"cannot reproduce dropout noise; set model.projection_dropout=0"),
         (["model.decoder.tfd.dropout=0.1"], {}, r"set model.decoder.tfd.dropout=0"),
-        ([], {"seed": 0}, r"seeds must differ; got seeds \[0, 0\]"),
+        ([], {"train.seed": 0}, r"seeds must differ; got seeds \[0, 0\]"),
     ],
 )
 def test_bad_fused_input_fails_before_any_work(
@@ -198,7 +200,7 @@ def test_bad_fused_input_fails_before_any_work(
     first, second = seed_configs("vvo-tfd", seeds=(0, 1), overrides=overrides)
     dirs = [tmp_path / "a", tmp_path / "b"]
     with pytest.raises(ConfigError, match=message):
-        train_ocl_fused_seeds(ocl_store, [first, replace(second, **second_changes)], dirs, device="cpu", show_progress=False)
+        train_ocl_fused_seeds(ocl_store, [first, merge(second, nest_keys(second_changes))], dirs, device="cpu", show_progress=False)
     assert not any(d.exists() for d in dirs)
 
 

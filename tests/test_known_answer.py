@@ -52,7 +52,7 @@ from featcache.errors import FeatcacheError
 from featcache.metrics.protocols import labels_from_patch_masks
 from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore
-from featcache.training.config import OCLTrainConfig
+from featcache.training.config import OCLTrainConfig, TrainSettings
 from featcache.training.ocl import train_ocl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -144,7 +144,7 @@ def test_perfect_masks_score_one_through_the_evaluation_path(data: KnownAnswerDa
 
 @pytest.mark.parametrize("method", ["vvo-mlp", "vvo-dfz"])  # dinosaur-mlp and vvo-tfd: test_suite_runs_every_featcache_method
 def test_other_shipped_configs_with_the_preset_train_and_evaluate(method: str, data: KnownAnswerData, tmp_path: Path) -> None:
-    config = replace(method_config(method, [], []), steps=2, validate_every=2, validation_images=8)
+    config = method_config(method, [], ["train.steps=2", "validate_every=2", "validation_images=8"])
     assert config.model.aggregator.num_slots == 4
     train_ocl(data.train, config, tmp_path / "run", device="cpu", show_progress=False, validation_store=data.validation)
     result = evaluate_run(tmp_path / "run", store_path=data.validation, device="cpu", out=tmp_path / "eval", show_progress=False)
@@ -152,10 +152,10 @@ def test_other_shipped_configs_with_the_preset_train_and_evaluate(method: str, d
 
 
 def test_suite_runs_every_featcache_method_and_writes_the_table(data: KnownAnswerData, tmp_path: Path) -> None:
-    overrides = ["steps=4", "validate_every=2", "log_every=2", "batch_size=8"]
+    overrides = ["train.steps=4", "validate_every=2", "train.log_every=2", "train.batch_size=8"]
     methods = featcache_methods(overrides=overrides, device="cpu")
     assert [(m.task, m.name, m.bar) for m in methods] == list(FEATCACHE_METHODS.values())
-    assert all(m.settings["steps"] == 4 for m in methods)
+    assert all(m.settings["train"]["steps"] == 4 for m in methods)
     summary = run_suite(tmp_path, methods, seeds=[3], data=data)
     assert [(r["task"], r["method"], r["seeds"]) for r in summary["rows"]] == [(t, m, [3]) for t, m, _ in FEATCACHE_METHODS.values()]
     for row in summary["rows"]:
@@ -179,15 +179,15 @@ def test_cli_runs_the_suite_and_reuses_finished_seeds(tmp_path: Path) -> None:
     from featcache.cli import app
 
     arguments = ["bench", "known-answer", "--method", "perfect-slots/dinosaur-mlp", "--seeds", "1", "--train-images", "32",
-                 "--validation-images", "16", "--set", "steps=2", "--set", "validate_every=2", "--set", "batch_size=4",
-                 "--set", "lr_schedule=constant", "--out", str(tmp_path)]
+                 "--validation-images", "16", "--set", "train.steps=2", "--set", "validate_every=2", "--set", "train.batch_size=4",
+                 "--set", "train.lr_schedule=constant", "--out", str(tmp_path)]
     outcome = CliRunner().invoke(app, arguments)
     assert outcome.exit_code == 0, outcome.output
     assert "perfect-slots" in outcome.output and (tmp_path / "known-answer.csv").is_file()
     (row,) = json.loads((tmp_path / "known-answer.json").read_text())["rows"]
     assert row["steps"] == 2 and row["bar"] == 0.9
     saved = tmp_path / "runs" / "perfect-slots--dinosaur-mlp--featcache" / "seed0" / "result.json"
-    assert json.loads(saved.read_text())["settings"]["lr_schedule"] == "constant"
+    assert json.loads(saved.read_text())["settings"]["train"]["lr_schedule"] == "constant"
     stamp = saved.stat().st_mtime_ns
     assert CliRunner().invoke(app, arguments).exit_code == 0 and saved.stat().st_mtime_ns == stamp  # reused, not retrained
 
@@ -296,17 +296,17 @@ class ReferenceTokenDecoder(nn.Module):
         return F.cross_entropy(self.readout(hidden).flatten(0, 1), tokens.flatten())
 
 
-def reference_lr(config: OCLTrainConfig, step: int) -> float:
+def reference_lr(train: TrainSettings, step: int) -> float:
     """The config's schedule, written out here: linear warm-up from 0, then cosine / constant / halving."""
-    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_fraction * config.steps)
+    warmup = train.warmup_steps if train.warmup_steps is not None else int(train.warmup_fraction * train.steps)
     if step < warmup:
-        return config.learning_rate * step / warmup
-    if config.lr_schedule == "constant":
-        return config.learning_rate
-    if config.lr_schedule == "exponential":
-        return config.learning_rate * 0.5 ** ((step - warmup) / config.lr_half_life)
-    final = config.learning_rate * config.final_lr_ratio
-    return final + (config.learning_rate - final) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (config.steps - warmup)))
+        return train.learning_rate * step / warmup
+    if train.lr_schedule == "constant":
+        return train.learning_rate
+    if train.lr_schedule == "exponential":
+        return train.learning_rate * 0.5 ** ((step - warmup) / train.lr_half_life)
+    final = train.learning_rate * train.final_lr_ratio
+    return final + (train.learning_rate - final) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (train.steps - warmup)))
 
 
 class ReferenceModel(nn.Module):
@@ -346,6 +346,7 @@ class ReferenceModel(nn.Module):
 def reference_method(featcache_method: Method) -> Method:
     """The independent reference trained with ``featcache_method``'s recipe (its resolved config)."""
     config = from_dict(OCLTrainConfig, featcache_method.settings)
+    settings = config.train
 
     def run(data: KnownAnswerData, seed: int, run_dir: Path) -> SeedResult:
         torch.manual_seed(seed)
@@ -353,7 +354,7 @@ def reference_method(featcache_method: Method) -> Method:
         kind = "last_block" if featcache_method.task != "tokens" else config.feature_kind
         train, validation = data.arrays("train", kind), data.arrays("validation", kind)
         model = ReferenceModel(featcache_method.task, config, train["features"].shape[-1], data.spec.codebook_size)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
         tensors = {name: torch.from_numpy(array) for name, array in train.items()}
         val = {name: torch.from_numpy(array) for name, array in validation.items()}
 
@@ -365,33 +366,33 @@ def reference_method(featcache_method: Method) -> Method:
             return float(np.mean([adjusted_rand_score(t[t > 0], p[t > 0]) for t, p in zip(truth, predicted)]))
 
         curve, started = [], time.perf_counter()
-        for step in range(config.steps):
+        for step in range(settings.steps):
             for group in optimizer.param_groups:
-                group["lr"] = reference_lr(config, step)
-            batch = rng.integers(0, len(tensors["features"]), size=config.batch_size)
+                group["lr"] = reference_lr(settings, step)
+            batch = rng.integers(0, len(tensors["features"]), size=settings.batch_size)
             loss = model(tensors["features"][batch], tensors["labels"][batch], tensors["tokens"][batch])[0]
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
-            if (step + 1) % config.validate_every == 0 or step + 1 == config.steps:
+            if (step + 1) % config.validate_every == 0 or step + 1 == settings.steps:
                 curve.append((step + 1, evaluate()))
         seconds = time.perf_counter() - started
         fg_ari = curve[-1][1]
         scores = {"fg_ari": fg_ari, "ari": float("nan"), "mbo": float("nan"), "miou": float("nan")}
-        return SeedResult(featcache_method.task, featcache_method.name, "reference", seed, scores, curve, seconds, config.steps)
+        return SeedResult(featcache_method.task, featcache_method.name, "reference", seed, scores, curve, seconds, settings.steps)
 
     return Method(featcache_method.task, featcache_method.name, "reference", featcache_method.bar, run, featcache_method.settings)
 
 
 def test_reference_learns_the_shape_of_the_task(data: KnownAnswerData) -> None:
     """The reference's pieces run and its schedule follows the config (a smoke test; its results are in the slow test)."""
-    for method in featcache_methods(overrides=["steps=3", "validate_every=3", "batch_size=4"]):
+    for method in featcache_methods(overrides=["train.steps=3", "validate_every=3", "train.batch_size=4"]):
         result = reference_method(method).run(data, 0, Path("unused"))
         assert result.steps == 3 and [s for s, _ in result.curve] == [3] and math.isfinite(result.fg_ari)
-    config = OCLTrainConfig(steps=100, learning_rate=1.0)
-    assert reference_lr(config, 0) == 0.0 and reference_lr(config, 5) == 1.0 and reference_lr(config, 100) == pytest.approx(1e-3)
-    assert reference_lr(replace(config, lr_schedule="constant"), 99) == 1.0
+    train = TrainSettings(steps=100, batch_size=32, learning_rate=1.0)
+    assert reference_lr(train, 0) == 0.0 and reference_lr(train, 5) == 1.0 and reference_lr(train, 100) == pytest.approx(1e-3)
+    assert reference_lr(replace(train, lr_schedule="constant"), 99) == 1.0
 
 
 @pytest.mark.slow

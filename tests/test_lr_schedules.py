@@ -28,9 +28,9 @@ import torch
 
 from featcache.config import load_config
 from featcache.errors import ConfigError
-from featcache.training.config import OCLTrainConfig, VQTrainConfig
+from featcache.training.config import OCLTrainConfig, TrainSettings, VQTrainConfig
 from featcache.training.loader import Batch
-from featcache.training.loop import LoopSettings, train_loop
+from featcache.training.loop import train_loop
 from featcache.training.metrics_log import MetricsLog
 from featcache.training.schedule import scheduled_lr, vvo_linear_cosine_lr, warmup_constant_lr, warmup_cosine_lr, warmup_exponential_lr
 
@@ -116,39 +116,36 @@ def test_scheduled_lr_dispatches_and_rejects_unknown_names() -> None:
 
 @pytest.mark.parametrize("config_class", [OCLTrainConfig, VQTrainConfig])
 def test_config_defaults_keep_the_previous_schedule(config_class: type) -> None:
-    config = replace(config_class(), steps=200)
-    settings = LoopSettings.from_config(config)
+    settings = replace(config_class().train, steps=200)
     assert settings.lr_schedule == "cosine" and settings.warmup_steps is None and settings.resolved_warmup_steps == 10
     for step in range(200):
-        assert settings.learning_rate_at(step) == warmup_cosine_lr(step, 200, config.learning_rate, 0.05, 1e-3)
+        assert settings.learning_rate_at(step) == warmup_cosine_lr(step, 200, settings.learning_rate, 0.05, 1e-3)
 
 
 def test_absolute_warmup_overrides_the_fraction(tmp_path: Path) -> None:
     path = tmp_path / "oclf.yaml"
-    path.write_text("steps: 500000\nlearning_rate: 0.0004\nlr_schedule: exponential\nwarmup_steps: 10000\nlr_half_life: 100000\n")
-    settings = LoopSettings.from_config(load_config(OCLTrainConfig, path))
+    path.write_text("train:\n  steps: 500000\n  learning_rate: 0.0004\n  lr_schedule: exponential\n  warmup_steps: 10000\n  lr_half_life: 100000\n")
+    settings = load_config(OCLTrainConfig, path).train
     assert settings.resolved_warmup_steps == 10000
     for step, expected in OCLF_DINOSAUR_EXPONENTIAL.items():
         assert settings.learning_rate_at(step) == pytest.approx(expected, rel=1e-12, abs=1e-18)
-    vvo = LoopSettings.from_config(replace(OCLTrainConfig(), lr_schedule="vvo-cosine"))  # 50k steps, 5%: VVO's nlin
+    vvo = replace(OCLTrainConfig().train, lr_schedule="vvo-cosine")  # 50k steps, 5%: VVO's nlin
     for step, expected in VVO_OCL_50000.items():
         assert vvo.learning_rate_at(step) == pytest.approx(expected, rel=1e-12, abs=1e-18)
-    cosine = LoopSettings.from_config(replace(OCLTrainConfig(), steps=100, warmup_steps=20))
+    cosine = replace(OCLTrainConfig().train, steps=100, warmup_steps=20)
     assert cosine.learning_rate_at(19) == pytest.approx(2e-4) and cosine.learning_rate_at(0) == pytest.approx(2e-4 / 20)
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("lr_schedule=linear", "lr_schedule"),
-        ("warmup_steps=-1", "warmup_steps"),
-        ("lr_half_life=0", "lr_half_life"),
-        ("warmup_fraction=1.5", "warmup_fraction"),
-    ],
+    ("key", "value"),
+    [("lr_schedule", "linear"), ("warmup_steps", -1), ("lr_half_life", 0), ("warmup_fraction", 1.5)],
 )
-def test_bad_schedule_settings_fail_naming_the_key(override: str, message: str) -> None:
+def test_bad_schedule_settings_fail_naming_the_key(key: str, value: object) -> None:
+    message = f"config key 'train.{key}'"
     with pytest.raises(ConfigError, match=message):
-        LoopSettings.from_config(load_config(OCLTrainConfig, None, [override]))
+        load_config(OCLTrainConfig, None, [f"train.{key}={value}"])
+    with pytest.raises(ConfigError, match=message):  # a section built by hand checks itself too
+        TrainSettings(steps=10, batch_size=2, learning_rate=1e-3, **{key: value})  # type: ignore[arg-type]
 
 
 class _Batches:
@@ -165,9 +162,8 @@ class _Batches:
 
 @pytest.mark.parametrize("schedule", ["constant", "exponential", "vvo-cosine"])
 def test_the_loop_applies_and_logs_the_schedule(schedule: str, tmp_path: Path) -> None:
-    config = replace(OCLTrainConfig(), steps=12, learning_rate=0.1, lr_schedule=schedule, warmup_steps=4, lr_half_life=3,
-                     log_every=1, checkpoint_every=100, amp=False)
-    settings = LoopSettings.from_config(config)
+    settings = TrainSettings(steps=12, batch_size=2, learning_rate=0.1, lr_schedule=schedule, warmup_steps=4, lr_half_life=3,  # type: ignore[arg-type]
+                             log_every=1, checkpoint_every=100, amp=False)
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     seen: list[float] = []

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 from safetensors.torch import load_file
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
 from featcache.cli import app
-from featcache.config import load_config
+from featcache.config import load_config, merge
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.extraction import ExtractConfig, extract
@@ -30,10 +31,10 @@ from featcache.training.runs import evaluation_generator, load_ocl_run
 CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
 
 
-def tiny_config(name: str = "dinosaur-mlp", **changes: object) -> OCLTrainConfig:
+def tiny_config(name: str = "dinosaur-mlp", steps: int = 20, **changes: object) -> OCLTrainConfig:
     config = load_config(OCLTrainConfig, [CONFIGS / f"{name}.yaml", CONFIGS / "tiny.yaml"])
-    return replace(config, **{"steps": 20, "batch_size": 8, "log_every": 5, "validate_every": 10, "validation_images": 8,
-                              "checkpoint_every": 10, "loader": "memory", **changes})
+    train = {"steps": steps, "batch_size": 8, "log_every": 5, "checkpoint_every": 10, "loader": "memory"}
+    return replace(merge(config, {"train": train, "validate_every": 10, "validation_images": 8}), **changes)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ PRESETS = ("tiny", "random-vfm", "known-answer")
 def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, tmp_path: Path) -> None:
     tiny, random_vfm = CONFIGS / "tiny.yaml", CONFIGS / "random-vfm.yaml"
     for layers in ([path], [path, tiny], [path, tiny, random_vfm]):
-        config = replace(load_config(OCLTrainConfig, layers), steps=1, batch_size=2, validate_every=0, loader="memory")
+        config = merge(load_config(OCLTrainConfig, layers), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0})
         result = train_ocl(store, config, tmp_path / f"run-{len(layers)}", device="cpu", show_progress=False)
         assert result.steps == 1 and np.isfinite(result.first_losses[0])
 
@@ -67,6 +68,34 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(method: str, sto
     train_ocl(store, config, tmp_path / "c", device="cpu", show_progress=False)
     again = load_file(str(tmp_path / "c" / "model.safetensors"))
     assert all(torch.equal(first[key], again[key]) for key in first)
+
+
+def flatten_saved_config(run_dir: Path) -> None:
+    """Rewrite a run folder's config.yaml as featcache wrote it before the ``train`` section: its keys at the top."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    train = saved.pop("train")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, **train}, sort_keys=False))
+
+
+def test_a_run_folder_saved_with_flat_training_keys_evaluates_and_resumes(store: Path, tmp_path: Path) -> None:
+    config = tiny_config("vvo-tfd")
+    train_ocl(store, config, tmp_path / "whole", device="cpu", show_progress=False)
+    old = tmp_path / "old"
+    train_ocl(store, config, old, device="cpu", show_progress=False, stop_after=10)
+    flatten_saved_config(old)
+    assert "steps" in yaml.safe_load((old / "config.yaml").read_text())
+    _, loaded, _ = load_ocl_run(old, FeatureStore(store, warn_random=False), torch.device("cpu"))
+    assert loaded == config
+    evaluate_run(old, protocol_name="vvo", device="cpu", out=tmp_path / "eval", show_progress=False)
+    with pytest.raises(ConfigError, match=r"differs from .*config.yaml: train.steps: 20 -> 30"):
+        train_ocl(store, replace(config, train=replace(config.train, steps=30)), old, device="cpu", show_progress=False, resume=True)
+    # `featcache train-ocl --resume` without --config continues from the saved (flat) config alone.
+    outcome = CliRunner().invoke(app, ["train-ocl", "--store", str(store), "--out", str(old), "--resume", "--device", "cpu"])
+    assert outcome.exit_code == 0, outcome.output
+    whole, resumed = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(old / "model.safetensors"))
+    for key in whole:
+        torch.testing.assert_close(whole[key], resumed[key], rtol=0, atol=0, msg=key)
+    assert yaml.safe_load((old / "config.yaml").read_text())["train"]["steps"] == 20  # saved again in the new layout
 
 
 def test_missing_token_set_is_a_config_error(store: Path, tmp_path: Path) -> None:

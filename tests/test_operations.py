@@ -123,8 +123,8 @@ def test_one_override_grammar_and_one_unknown_key_error(tmp_path: Path) -> None:
     # Mapping fields update key by key: a grid key added by an override keeps the file's others.
     path = tmp_path / "spec.yaml"
     path.write_text("store: s.zarr\nbase: [configs/ocl/tiny.yaml, configs/ocl/dinosaur-mlp.yaml]\ngrid: {model.aggregator.num_slots: [4, 5]}\n")
-    spec = load_sweep_spec(path, {"grid": {"model": {"aggregator": {"iterations": [2]}}}, "set": {"log_every": 3}})
-    assert spec.grid == {"model.aggregator.num_slots": [4, 5], "model.aggregator.iterations": [2]} and spec.set == {"log_every": 3}
+    spec = load_sweep_spec(path, {"grid": {"model": {"aggregator": {"iterations": [2]}}}, "set": {"train.log_every": 3}})
+    assert spec.grid == {"model.aggregator.num_slots": [4, 5], "model.aggregator.iterations": [2]} and spec.set == {"train.log_every": 3}
 
 
 def test_config_options_are_a_shorthand_for_set(tmp_path: Path) -> None:

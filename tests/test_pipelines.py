@@ -28,16 +28,12 @@ from featcache.training.vq import train_vq
 TINY_VQ = {
     "quantizer": {"codebook_size": 16, "code_dim": 8, "template_dim": 8, "encoder_layers": 1, "encoder_channels": 16},
     "decoder": {"target": "pixels", "channels": 8, "image_size": 32},
-    "steps": 10,
-    "batch_size": 8,
-    "log_every": 5,
-    "checkpoint_every": 5,
-    "loader": "memory",
+    "train": {"steps": 10, "batch_size": 8, "log_every": 5, "checkpoint_every": 5, "loader": "memory"},
 }
 #: Extraction as the OCL tests do it: 56 px -> 4 x 4 patches, 32 px images and masks.
 TINY_EXTRACT = {"weights": "random", "resolution": 56, "image_size": 32, "mask_size": 32, "samples_per_chunk": 4, "batch_size": 8}
 #: The OCL tiny preset cut to a few steps.
-TINY_OCL = {"steps": 4, "batch_size": 4, "validate_every": 0, "log_every": 2, "checkpoint_every": 4, "loader": "memory"}
+TINY_OCL = {"train.steps": 4, "train.batch_size": 4, "validate_every": 0, "train.log_every": 2, "train.checkpoint_every": 4, "train.loader": "memory"}
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -150,7 +146,7 @@ def test_paths_outputs_under_workdir_inputs_from_cwd_configs_also_shipped(tmp_pa
     assert stage.params.config == [str(repo_root() / "configs" / "vq" / "tiny.yaml")]  # not in the cwd: the shipped one
     assert stage.outputs["run"] == str(tmp_path / "runs" / "pipelines" / "p" / "vq-run")
     (tmp_path / "configs" / "vq").mkdir(parents=True)
-    write_yaml(tmp_path / "configs" / "vq" / "tiny.yaml", {"steps": 3})
+    write_yaml(tmp_path / "configs" / "vq" / "tiny.yaml", {"train": {"steps": 3}})
     assert load_pipeline(tmp_path / "p.yaml").stage("vq").params.config == [str(tmp_path / "configs" / "vq" / "tiny.yaml")]
 
 
@@ -180,15 +176,15 @@ def test_second_run_skips_everything_and_a_change_reruns_its_stage_and_downstrea
 
     # A changed config file: its stage and everything downstream re-run; upstream stays done, untouched.
     store_identity = FeatureStore(work / "extract.zarr", warn_random=False).attributes["identity"]
-    write_yaml(vq_config, {**TINY_VQ, "steps": 5})
+    write_yaml(vq_config, {**TINY_VQ, "train": {**TINY_VQ["train"], "steps": 5}})  # type: ignore[dict-item]
     changed = run_pipeline(load_pipeline(path, workdir=work), show_progress=False)
     assert statuses(changed) == {"synth": "done", "extract": "done", "vq": "ran", "tokens": "ran", "ocl": "ran", "eval": "ran"}
-    assert next(row for row in changed.rows if row.name == "vq").reason == "changed: params.config.steps"
+    assert next(row for row in changed.rows if row.name == "vq").reason == "changed: params.config.train.steps"
     assert FeatureStore(work / "extract.zarr", warn_random=False).attributes["identity"] == store_identity
     stale_runs = list(work.glob("vq.replaced-*"))
     assert len(stale_runs) == 1 and (stale_runs[0] / "model.safetensors").is_file()  # set aside, not deleted
     assert any(name.startswith("vvo-c256.replaced-") for name in FeatureStore(work / "extract.zarr", warn_random=False).token_names())
-    assert load_config(VQTrainConfig, work / "vq" / "config.yaml").steps == 5
+    assert load_config(VQTrainConfig, work / "vq" / "config.yaml").train.steps == 5
 
     assert len(list(work.glob("ocl.replaced-*"))) == 1 and not list(work.glob("extract.zarr.replaced-*"))
 
@@ -317,7 +313,7 @@ def test_the_coco_pipelines_share_their_common_stages_in_one_workdir(tmp_path: P
 QUICK_TINY = [
     "synth.images=8", "synth.size=64",
     *[f"extract.set.{key}={value}" for key, value in TINY_EXTRACT.items()], "extract.device=cpu",
-    *[f"train-vq.set.{key}={value}" for key, value in TINY_VQ.items() if key not in ("quantizer", "decoder")],
+    *[f"train-vq.set.train.{key}={value}" for key, value in TINY_VQ["train"].items()],  # type: ignore[attr-defined]
     *[f"train-vq.set.quantizer.{key}={value}" for key, value in TINY_VQ["quantizer"].items()],  # type: ignore[attr-defined]
     *[f"train-vq.set.decoder.{key}={value}" for key, value in TINY_VQ["decoder"].items()],  # type: ignore[attr-defined]
     "train-vq.device=cpu", "tokenize.device=cpu",

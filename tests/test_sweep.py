@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny runs (the dask 
 REPO = Path(__file__).parent.parent
 OCL = REPO / "configs" / "ocl"
 #: Every run of these tests: a few steps of the tiny preset, checkpoints every 2 steps, 8 images scored.
-TINY_SET = {"steps": 4, "batch_size": 8, "log_every": 2, "checkpoint_every": 2, "validate_every": 0, "loader": "memory"}
+TINY_SET = {"train.steps": 4, "train.batch_size": 8, "train.log_every": 2, "train.checkpoint_every": 2, "validate_every": 0, "train.loader": "memory"}
 
 
 def write_spec(tmp_path: Path, name: str = "spec", **fields: Any) -> Path:
@@ -66,16 +66,16 @@ def serial(tmp_path_factory: pytest.TempPathFactory, ocl_store: Path) -> tuple[S
 def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: Path) -> None:
     path = write_spec(
         tmp_path,
-        set={**TINY_SET, "learning_rate": 0.001},
-        grid={"model.aggregator.name": ["slot_attention", "bo_qsa"], "model.aggregator.num_slots": [5, 6], "amp": [False]},
+        set={**TINY_SET, "train.learning_rate": 0.001},
+        grid={"model.aggregator.name": ["slot_attention", "bo_qsa"], "model.aggregator.num_slots": [5, 6], "train.amp": [False]},
         cases=[
-            {"name": "feat", "base": [str(OCL / "dinosaur-mlp.yaml")], "set": {"learning_rate": 0.003}},
+            {"name": "feat", "base": [str(OCL / "dinosaur-mlp.yaml")], "set": {"train": {"learning_rate": 0.003}}},
             {"name": "vq", "base": [str(OCL / "vvo-mlp.yaml")], "set": {"model": {"decoder": {"target": "codes+features"}}}},
         ],
         seeds=[3, 7],
         data_seed=11,
     )
-    spec = load_sweep_spec(path, ["store=somewhere.zarr", "set.log_every=1"])
+    spec = load_sweep_spec(path, ["store=somewhere.zarr", "set.train.log_every=1"])
     runs = expand_runs(spec)
     expected_ids = [
         f"aggregator.name={name},aggregator.num_slots={slots},case={case}"
@@ -86,15 +86,16 @@ def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: P
     first = runs[0]
     assert first.relative_dir == Path("runs") / expected_ids[0] / "seed3"
     assert first.overrides == {
-        **TINY_SET, "learning_rate": 0.003, "log_every": 1, "model.aggregator.name": "slot_attention",
-        "model.aggregator.num_slots": 5, "amp": False, "data_seed": 11, "seed": 3,
+        **TINY_SET, "train.learning_rate": 0.003, "train.log_every": 1, "model.aggregator.name": "slot_attention",
+        "model.aggregator.num_slots": 5, "train.amp": False, "train.data_seed": 11, "train.seed": 3,
     }
     config = first.config
-    assert (config.seed, config.data_seed, config.learning_rate, config.log_every, config.amp) == (3, 11, 0.003, 1, False)
+    train = config.train
+    assert (train.seed, train.data_seed, train.learning_rate, train.log_every, train.amp) == (3, 11, 0.003, 1, False)
     assert (config.model.aggregator.name, config.model.aggregator.num_slots, config.model.aggregator.slot_dim) == ("slot_attention", 5, 64)
     assert config.feature_kind == "last_block" and config.model.decoder.target == "features"  # case base, then tiny.yaml
     vq = runs[-1].config
-    assert (vq.model.aggregator.name, vq.model.aggregator.num_slots, vq.learning_rate, vq.tokens) == ("bo_qsa", 6, 0.001, "vvo-c256")
+    assert (vq.model.aggregator.name, vq.model.aggregator.num_slots, vq.train.learning_rate, vq.tokens) == ("bo_qsa", 6, 0.001, "vvo-c256")
     assert runs[-1].configuration.values == {"model.aggregator.name": "bo_qsa", "model.aggregator.num_slots": 6, "case": "vq"}
     # The CLI's --seeds N replaces the spec's seeds; without grid or cases there is one configuration, "base".
     assert [r.seed for r in expand_runs(spec, seeds=2)][:2] == [0, 1]
@@ -107,15 +108,22 @@ def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: P
     ("fields", "overrides", "message"),
     [
         ({"grid": {"model.decoder.nme": ["mlp"]}}, [], r"configuration .*unknown config key 'model.decoder.nme'; valid keys: model.decoder.dfz"),
-        ({"grid": {"steps": []}}, [], r"grid key 'steps' has an empty list of values"),
-        ({"grid": {"steps": 3}}, [], r"grid key 'steps' must map to a list"),
+        ({"grid": {"train.steps": []}}, [], r"grid key 'train.steps' has an empty list of values"),
+        ({"grid": {"train.steps": 3}}, [], r"grid key 'train.steps' must map to a list"),
         ({"cases": [{"name": "a"}, {"name": "a"}]}, [], r"case names must be unique"),
-        ({"set": {"seed": 3}}, [], r"set may not set 'seed'"),
+        ({"set": {"train.seed": 3}}, [], r"set may not set 'train.seed'; use the spec's seeds / data_seed keys"),
+        ({"set": {"train": {"data_seed": 3}}}, [], r"set may not set 'train.data_seed'"),
+        ({"grid": {"seed": [1, 2]}}, [], r"grid may not set 'seed'"),  # the old key of train.seed is reserved too
+        # A training key typed at its old top-level place names where it went.
+        ({"cases": [{"name": "a", "set": {"learning_rate": 0.1}}]}, [],
+         r"configuration a: unknown config key 'learning_rate' \(moved: train.learning_rate\); valid keys: feature_kind"),
+        ({}, ["set.steps=5"], r"unknown config key 'steps' \(moved: train.steps\)"),
+        ({}, ["steps=5"], r"unknown config key 'steps'; valid keys: base, .*e.g. set.train.steps=\.\.\."),
         ({"seeds": []}, [], r"seeds: the list of seeds is empty"),
         ({"stor": "x"}, [], r"unknown config key 'stor'; valid keys: base, cases"),
         ({}, ["set.learning_rat=0.1"], r"unknown config key 'learning_rat'"),
         # One grammar: an override names a key of the spec file; an OCL key without set. is refused with the hint.
-        ({}, ["learning_rate=0.1"], r"unknown config key 'learning_rate'; valid keys: base, .*under set., e.g. set.learning_rate="),
+        ({}, ["learning_rate=0.1"], r"unknown config key 'learning_rate'; valid keys: base, .*under set., e.g. set.train.learning_rate="),
         # A grid value the base config cannot take: Tfd cannot reconstruct the Mlp case's codes+features target.
         ({"cases": [{"name": "vvo-mlp", "base": [str(OCL / "vvo-mlp.yaml")]}], "grid": {"model.decoder.name": ["mlp", "tfd"]}}, [],
          r"configuration decoder.name=tfd,case=vvo-mlp: decoder 'tfd' cannot reconstruct target 'codes\+features'"),
@@ -147,7 +155,7 @@ def test_shapes_quality_spec_layers_the_method_before_the_presets() -> None:
     decoder = config.model.decoder
     assert (decoder.name, decoder.target, decoder.tfd.orders, config.model.aggregator.name, config.tokens) == ("tfd", "features", 9, "bo_qsa", "")
     assert config.model.aggregator.slot_dim == 64 and decoder.tfd.dim == 64  # tiny, not the paper's 256
-    assert config.model.input_position == "soft" and config.model.aggregator.num_slots == 7 and config.steps == 1800
+    assert config.model.input_position == "soft" and config.model.aggregator.num_slots == 7 and config.train.steps == 1800
 
 
 def test_store_tokens_and_scheduler_are_checked_before_any_run(tmp_path: Path, ocl_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,13 +212,30 @@ def test_sweep_writes_results_and_a_second_call_runs_nothing(serial: tuple[Sweep
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_runs_saved_before_the_train_section_are_evaluated_not_retrained(serial: tuple[SweepSpec, Path, Any], tmp_path: Path) -> None:
+    """A sweep folder from before the ``train`` section: flat config.yaml files, and result.json files whose config
+    sha was of the flat layout. The trained runs are recognised as the same config and only evaluated again."""
+    spec, out, _ = serial
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for config_file in (copy / "runs").glob("*/seed*/config.yaml"):
+        saved = yaml.safe_load(config_file.read_text())
+        train = saved.pop("train")
+        config_file.write_text(yaml.safe_dump({**saved, **train}, sort_keys=False))
+    for result_file in (copy / "runs").glob("*/seed*/result.json"):
+        result_file.write_text(json.dumps({**json.loads(result_file.read_text()), "config_sha": "sha of the flat layout"}))
+    result = run_sweep(spec, out=copy, device="cpu", show_progress=False)
+    assert result.ran == 2 and not result.failed and [row["training"] for row in result.rows] == ["done", "done"]
+    assert not list((copy / "runs").glob("*/*.replaced-*"))
+
+
 def test_changed_configuration_reruns_alone_and_keeps_the_old_folder(serial: tuple[SweepSpec, Path, Any], tmp_path: Path) -> None:
     spec, out, _ = serial
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    cases = [spec.cases[0], dataclasses.replace(spec.cases[1], set={"learning_rate": 0.001})]
+    cases = [spec.cases[0], dataclasses.replace(spec.cases[1], set={"train.learning_rate": 0.001})]
     result = run_sweep(dataclasses.replace(spec, cases=cases), out=copy, device="cpu", show_progress=False)
-    assert (result.ran, result.skipped) == (1, 1) and result.rows[1]["overrides"]["learning_rate"] == 0.001
+    assert (result.ran, result.skipped) == (1, 1) and result.rows[1]["overrides"]["train.learning_rate"] == 0.001
     (aside,) = (copy / "runs" / "vvo-tfd").glob("seed0.replaced-*")
     assert "another config" in (aside / "REPLACED.txt").read_text() and (aside / "model.safetensors").is_file()
 
@@ -269,7 +294,7 @@ def test_fused_seeds_give_the_separate_runs_results(ocl_store: Path, tmp_path: P
     separate = run_sweep(spec, out=tmp_path / "separate", device="cpu", show_progress=False)
     fused = run_sweep(spec, out=tmp_path / "fused", device="cpu", fuse_seeds=True, show_progress=False)
     assert fused.ran == 2 and not fused.failed
-    with pytest.raises(ConfigError, match=r"configuration dinosaur-mlp: --fuse-seeds: .*need a common data_seed"):
+    with pytest.raises(ConfigError, match=r"configuration dinosaur-mlp: --fuse-seeds: .*need a common train.data_seed"):
         run_sweep(dataclasses.replace(spec, data_seed=None), out=tmp_path / "unshared", fuse_seeds=True, device="cpu")
     assert not (tmp_path / "unshared").exists()
     for got, want in zip(fused.rows, separate.rows):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 from safetensors.torch import load_file
 
@@ -17,7 +18,7 @@ from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
 from featcache.quantize import QuantizerConfig, VQDecoderConfig
 from featcache.store import FeatureStore, schema
-from featcache.training.config import VQTrainConfig
+from featcache.training.config import TrainSettings, VQTrainConfig
 from featcache.training.metrics_log import MetricsLog
 from featcache.training.runs import build_vq_model, load_vq_run
 from featcache.training.tokenize import tokenize_store
@@ -30,12 +31,7 @@ def tiny_vq_config(steps: int = 60) -> VQTrainConfig:
     return VQTrainConfig(
         quantizer=QuantizerConfig(codebook_size=16, code_dim=8, template_dim=8, encoder_layers=1, encoder_channels=32),
         decoder=VQDecoderConfig(target="pixels", channels=8, image_size=32),
-        steps=steps,
-        batch_size=8,
-        learning_rate=3e-3,
-        log_every=5,
-        checkpoint_every=10,
-        loader="memory",
+        train=TrainSettings(steps=steps, batch_size=8, learning_rate=3e-3, log_every=5, checkpoint_every=10, loader="memory"),
     )
 
 
@@ -67,14 +63,27 @@ def test_training_lowers_reconstruction_loss_and_uses_several_codes(trained: Pat
         assert (trained / name).is_file(), name
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, store: Path, trained: Path) -> None:
+def flatten_saved_config(run_dir: Path) -> None:
+    """Rewrite a run folder's config.yaml as featcache wrote it before the ``train`` section: its keys at the top."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    train = saved.pop("train")
+    train.pop("data_seed")  # VQ configs had none
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**saved, **train}, sort_keys=False))
+
+
+@pytest.mark.parametrize("layout", ["current", "flat"])
+def test_resume_reproduces_an_uninterrupted_run(layout: str, tmp_path: Path, store: Path, trained: Path) -> None:
+    """Also from a run folder saved before the ``train`` section (flat training keys)."""
     run = tmp_path / "resumed"
     config = tiny_vq_config()
     train_vq(store, config, run, device="cpu", show_progress=False, stop_after=30)
+    if layout == "flat":
+        flatten_saved_config(run)
+        assert load_vq_run(run, torch.device("cpu"))[1] == config
     with pytest.raises(FeatcacheError, match="--resume"):
         train_vq(store, config, run, device="cpu", show_progress=False)
-    with pytest.raises(ConfigError, match="steps"):
-        train_vq(store, replace(config, steps=70), run, device="cpu", show_progress=False, resume=True)
+    with pytest.raises(ConfigError, match=r"train\.steps: 60 -> 70"):
+        train_vq(store, replace(config, train=replace(config.train, steps=70)), run, device="cpu", show_progress=False, resume=True)
     result = train_vq(store, config, run, device="cpu", show_progress=False, resume=True)
     assert result.steps == 30
     resumed, uninterrupted = load_file(str(run / "model.safetensors")), load_file(str(trained / "model.safetensors"))

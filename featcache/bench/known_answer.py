@@ -32,7 +32,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,9 +55,9 @@ from featcache.store.schema import StoreLayout
 from featcache.store.tokens import create_token_set, finish_token_set, write_token_unit
 from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, write_unit
 from featcache.training.checkpoint import prepare_run_folder
-from featcache.training.config import OCLTrainConfig
+from featcache.training.config import OCLTrainConfig, with_seed
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopSettings, train_loop
+from featcache.training.loop import train_loop
 from featcache.training.metrics_log import MetricsLog
 from featcache.training.ocl import train_ocl
 from featcache.training.runs import resolve_feature_kind
@@ -418,7 +418,7 @@ def end_to_end_method(key: str, config: OCLTrainConfig, device: str) -> Method:
     task, method, bar = FEATCACHE_METHODS[key]
 
     def run(data: KnownAnswerData, seed: int, run_dir: Path) -> SeedResult:
-        seeded = replace(config, seed=seed)
+        seeded = with_seed(config, seed)
         started = time.perf_counter()
         result = train_ocl(data.train, seeded, run_dir, device=device, validation_store=data.validation, show_progress=False)
         seconds = time.perf_counter() - started
@@ -468,7 +468,7 @@ def perfect_slots_method(key: str, config: OCLTrainConfig, device: str) -> Metho
     task, method, bar = FEATCACHE_METHODS[key]
 
     def run(data: KnownAnswerData, seed: int, run_dir: Path) -> SeedResult:
-        seeded = replace(config, seed=seed)
+        seeded = with_seed(config, seed)
         target = resolve_device(device)
         store = FeatureStore(data.train, warn_random=False)
         token_name = seeded.tokens or None
@@ -478,9 +478,9 @@ def perfect_slots_method(key: str, config: OCLTrainConfig, device: str) -> Metho
         kind = resolve_feature_kind(store, seeded.feature_kind)
         train_labels = torch.from_numpy(data.arrays("train")["labels"]).to(target)  # (N, h, w), by store index
         validation = data.arrays(kind=kind)
-        optimizer = torch.optim.Adam(model.parameters(), lr=seeded.learning_rate)
-        batches = CachedBatches(store, seeded.batch_size, target, kind, False, seed=seed, mode="memory", token_name=token_name)
-        prepare_run_folder(run_dir, to_dict(seeded), False)
+        optimizer = torch.optim.Adam(model.parameters(), lr=seeded.train.learning_rate)
+        batches = CachedBatches(store, seeded.train.batch_size, target, kind, False, seed=seeded.train.resolved_data_seed, mode="memory", token_name=token_name)
+        prepare_run_folder(run_dir, seeded, False)
 
         def predict() -> np.ndarray:
             model.eval()
@@ -503,14 +503,14 @@ def perfect_slots_method(key: str, config: OCLTrainConfig, device: str) -> Metho
                 model=model,
                 optimizer=optimizer,
                 batches=batches,
-                settings=LoopSettings.from_config(seeded),
+                settings=seeded.train,
                 device=target,
                 run_dir=run_dir,
                 config=to_dict(seeded),
                 run_info={"stage": "known-answer-perfect-slots", "store": str(data.train)},
                 step_loss=step_loss,
                 start_step=0,
-                end_step=seeded.steps,
+                end_step=seeded.train.steps,
                 description="perfect slots",
                 validate=lambda: score_labels(validation["masks"], predict()),
                 validate_every=seeded.validate_every,

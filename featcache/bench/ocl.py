@@ -29,7 +29,8 @@ METHODS = ("vvo-tfd", "dinosaur-mlp")
 def build_tokenized_benchmark_store(work_dir: Path, configs_dir: Path, images: int, resolution: int, device: str) -> Path:
     """``build_benchmark_store`` plus the token set ``vvo-c256`` (configs/vq/tiny.yaml, 20 steps) the VVO configs read."""
     store = build_benchmark_store(work_dir, images, resolution, device)
-    vq_config = replace(load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml"), steps=20, loader="memory")
+    vq_config = load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml")
+    vq_config = replace(vq_config, train=replace(vq_config.train, steps=20, loader="memory"))
     train_vq(store, vq_config, work_dir / "vq", device=device, show_progress=False)
     tokenize_store(store, work_dir / "vq", "vvo-c256", device=device, show_progress=False)
     return store
@@ -49,13 +50,15 @@ def run_ocl_benchmark(
     results: dict[str, Any] = {"machine": machine_description(), "resolution": resolution, "steps_per_round": steps, "rounds": rounds, "methods": {}}
     for method in METHODS:
         config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / "tiny.yaml"])
-        config = replace(config, steps=steps, log_every=steps, checkpoint_every=steps, validate_every=0, loader="memory")
+        config = replace(
+            config, train=replace(config.train, steps=steps, log_every=steps, checkpoint_every=steps, loader="memory"), validate_every=0
+        )
 
         def train(online: bool, round_index: int, method: str = method, config: OCLTrainConfig = config) -> TrainResult:
             run = work_dir / f"{method}-{'online' if online else 'cached'}-{round_index}"
             return train_ocl(store, config, run, device=device, online=online, show_progress=False)
 
-        results["methods"][method] = {"batch_size": config.batch_size, **cache_versus_online(train, rounds)}
+        results["methods"][method] = {"batch_size": config.train.batch_size, **cache_versus_online(train, rounds)}
     return results
 
 

@@ -31,7 +31,8 @@ SIDES: dict[str, dict[str, bool]] = {
 def time_sweep_sides(spec_file: Path, store: Path, work_dir: Path, seeds: int, steps: int, rounds: int, device: str, eval_images: int) -> dict[str, Any]:
     """Best-of-``rounds`` wall seconds of the sweep per side (train + evaluate every run), alternating sides."""
     overrides = [f"store={store}", f"eval.limit={eval_images}", "eval.baseline=false"] + [
-        f"set.{item}" for item in (f"steps={steps}", f"log_every={steps}", f"checkpoint_every={steps}", "validate_every=0", "loader=memory",
+        f"set.{item}" for item in (f"train.steps={steps}", f"train.log_every={steps}", f"train.checkpoint_every={steps}", "validate_every=0",
+                                   "train.loader=memory",
                                    # Fused seeds cannot reproduce dropout masks, so every side trains without dropout (the same runs).
                                    "model.aggregator.mlp_dropout=0", "model.projection_dropout=0", "model.decoder.dfz.dropout=0")
     ]

@@ -61,7 +61,8 @@ def run_vq_benchmark(
     device: str = "cpu",
 ) -> dict[str, Any]:
     store = build_benchmark_store(Path(work_dir), images, resolution, device)
-    config = replace(load_config(VQTrainConfig, config_path), steps=steps, log_every=steps, checkpoint_every=steps, loader="memory")
+    config = load_config(VQTrainConfig, config_path)
+    config = replace(config, train=replace(config.train, steps=steps, log_every=steps, checkpoint_every=steps, loader="memory"))
 
     def train(online: bool, round_index: int) -> TrainResult:
         run = Path(work_dir) / f"run-{'online' if online else 'cached'}-{round_index}"
@@ -73,7 +74,7 @@ def run_vq_benchmark(
         "config": str(config_path),
         "vfm": "dino2-s14 (random weights)",
         "resolution": resolution,
-        "batch_size": config.batch_size,
+        "batch_size": config.train.batch_size,
         "steps_per_round": steps,
         "rounds": rounds,
         **figures,

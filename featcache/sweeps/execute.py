@@ -113,7 +113,7 @@ def training_state(task: RunTask) -> str:
     if not (same_config and same_inputs):
         _move_aside(run_dir, "trained with another config" if not same_config else "trained from other inputs (store, tokens or --online)")
         return "fresh"
-    return "done" if int(info.get("step", 0)) >= task.config.steps else "resume"
+    return "done" if int(info.get("step", 0)) >= task.config.train.steps else "resume"
 
 
 def _worker_device(task: RunTask) -> str:
@@ -177,7 +177,7 @@ def _previous_training(task: RunTask) -> TrainResult | None:
     """Throughput of a training finished by an earlier call (kept when only the evaluation is redone)."""
     earlier = read_result(Path(task.run_dir))
     if earlier and earlier.get("config_sha") == task.config_sha and earlier.get("train_seconds") is not None:
-        return TrainResult(Path(task.run_dir), task.config.steps, earlier["train_seconds"], earlier["samples_per_second"],
+        return TrainResult(Path(task.run_dir), task.config.train.steps, earlier["train_seconds"], earlier["samples_per_second"],
                            earlier.get("data_wait_fraction") or 0.0, [], {})
     return None
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache.config import flatten_keys, load_config, merge, nest_keys, to_dict
+from featcache.config import flatten_keys, load_config, merge, moved_key, nest_keys, to_dict
 from featcache.errors import ConfigError
 from featcache.operations import overrides_mapping
 from featcache.stages.evaluate import EvalParams
-from featcache.training.config import OCLTrainConfig
+from featcache.training.config import OCLTrainConfig, with_seed
 
 #: Keys a sweep controls itself (through ``seeds`` and ``data_seed``), never through set/grid/cases.
-RESERVED_KEYS = ("seed", "data_seed")
+RESERVED_KEYS = ("train.seed", "train.data_seed")
 #: Characters kept in a configuration id (it names a folder); anything else becomes ``_``.
 _UNSAFE_ID_CHARACTERS = re.compile(r"[^A-Za-z0-9._=,+-]")
 
@@ -104,7 +104,7 @@ class PlannedRun:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        return {**self.configuration.overrides, "seed": self.seed}
+        return {**self.configuration.overrides, "train.seed": self.seed}
 
 
 def config_sha(config: OCLTrainConfig) -> str:
@@ -153,7 +153,7 @@ def configuration_id(values: dict[str, Any]) -> str:
 
 def _check_keys(label: str, where: str, keys: Any) -> None:
     for key in keys:
-        if key in RESERVED_KEYS:
+        if key in RESERVED_KEYS or moved_key(OCLTrainConfig, key) in RESERVED_KEYS:
             raise ConfigError(f"{label}: {where} may not set {key!r}; use the spec's seeds / data_seed keys")
 
 
@@ -200,7 +200,7 @@ def expand_configurations(spec: SweepSpec) -> list[Configuration]:
         config_id = configuration_id(values)
         overrides = {**common, **(flatten_keys(case.set) if case else {}), **grid_values}
         if spec.data_seed is not None:
-            overrides["data_seed"] = spec.data_seed
+            overrides["train.data_seed"] = spec.data_seed
         base = [*(case.base if case is not None else []), *spec.base]
         try:
             if tuple(base) not in base_configs:
@@ -220,7 +220,7 @@ def expand_runs(spec: SweepSpec, seeds: int | list[int] | None = None) -> list[P
     """Configurations x seeds (``seeds`` overrides the spec's), configuration-major."""
     seed_list = resolve_seeds(spec.seeds if seeds is None else seeds, f"{spec.label}: seeds")
     return [
-        PlannedRun(configuration, seed, dataclasses.replace(configuration.config, seed=seed))
+        PlannedRun(configuration, seed, with_seed(configuration.config, seed))
         for configuration in expand_configurations(spec)
         for seed in seed_list
     ]
@@ -243,7 +243,7 @@ def load_sweep_spec(path: str | Path, overrides: dict[str, Any] | list[str] | No
         spec = merge(spec, updates)
     except ConfigError as error:
         unknown = next((key for key in updates if key not in {f.name for f in dataclasses.fields(SweepSpec)}), None)
-        hint = f" (an OCL config key of every run goes under set., e.g. set.{unknown}=...)" if unknown else ""
+        hint = f" (an OCL config key of every run goes under set., e.g. set.{moved_key(OCLTrainConfig, unknown) or unknown}=...)" if unknown else ""
         raise ConfigError(f"sweep spec {path}: {error}{hint}") from None
     spec = dataclasses.replace(spec, spec_file=str(path), name=spec.name or path.stem)
     fixed = [key for key in SWEEP_SET_EVAL_KEYS if getattr(spec.eval, key) != getattr(EvalParams(), key)]

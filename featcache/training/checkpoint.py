@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from featcache import records
+from featcache.config import flatten_keys, from_dict, to_dict
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.provenance import file_sha256
 
@@ -82,16 +83,23 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """``--resume`` continues the same run: a config that differs from the saved one is refused, naming the keys."""
+def check_resume_config(run_dir: Path, config: Any) -> None:
+    """``--resume`` continues the same run: a config (dataclass) that differs from the saved one is refused, naming
+    the keys. The saved config is read as ``from_dict`` reads it, so a run folder written before a key moved or a
+    field was added resumes with the config it means."""
     saved, _ = read_run(run_dir)
-    differences = [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in config.items() if saved.get(key) != value]
+    try:
+        saved_keys = flatten_keys(to_dict(from_dict(type(config), saved)))
+    except ConfigError as error:
+        raise ConfigError(f"--resume: {run_dir / CONFIG_NAME} is not a {type(config).__name__}: {error}") from None
+    keys = flatten_keys(to_dict(config))
+    differences = [f"{key}: {saved_keys.get(key)!r} -> {value!r}" for key, value in keys.items() if saved_keys.get(key) != value]
     if differences:
         raise ConfigError(f"--resume with a config that differs from {run_dir / CONFIG_NAME}: {'; '.join(differences)}")
 
 
-def prepare_run_folder(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite a run unless resuming it; when resuming, the config must be the saved one."""
+def prepare_run_folder(run_dir: Path, config: Any, resume: bool) -> None:
+    """Refuse to overwrite a run unless resuming it; when resuming, the config (a dataclass) must be the saved one."""
     if resume:
         check_resume_config(run_dir, config)
     elif (run_dir / CONFIG_NAME).exists():

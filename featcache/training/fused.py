@@ -28,7 +28,7 @@ from featcache.store import FeatureStore
 from featcache.training.checkpoint import load_train_state, load_weights, prepare_run_folder
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopRun, LoopSettings, TrainedRuns, TrainResult, restore_random_state, train_runs
+from featcache.training.loop import LoopRun, TrainedRuns, TrainResult, restore_random_state, train_runs
 from featcache.training.ocl import build_seeded_model, ocl_batches, ocl_loss_terms, ocl_run_info, ocl_validator, open_training_store
 
 #: vmap warns once per op it has to loop over (e.g. CPU flash attention); the result is still exact.
@@ -36,10 +36,10 @@ _FALLBACK_WARNING = "There is a performance drop because we have not yet impleme
 
 
 def check_fusable(configs: list[OCLTrainConfig], run_dirs: list[Path]) -> None:
-    """One-line ConfigError unless the configs can train fused: same everything but ``seed``, no dropout."""
+    """One-line ConfigError unless the configs can train fused: same everything but ``train.seed``, no dropout."""
     if not configs or len(configs) != len(run_dirs):
         raise ConfigError(f"fused seeds need one run folder per config; got {len(configs)} configs and {len(run_dirs)} run folders")
-    seeds = [config.seed for config in configs]
+    seeds = [config.train.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"fused seeds must differ; got seeds {seeds}")
     if len({Path(d).resolve() for d in run_dirs}) != len(run_dirs):
@@ -47,15 +47,15 @@ def check_fusable(configs: list[OCLTrainConfig], run_dirs: list[Path]) -> None:
     first = flatten_keys(to_dict(configs[0]))
     for config in configs[1:]:
         other = flatten_keys(to_dict(config))
-        differing = [f"{key} ({first[key]!r} vs {other[key]!r})" for key in first if key != "seed" and first[key] != other[key]]
+        differing = [f"{key} ({first[key]!r} vs {other[key]!r})" for key in first if key != "train.seed" and first[key] != other[key]]
         if differing:
             raise ConfigError(
-                f"fused seeds must differ only in seed; seed {configs[0].seed} and seed {config.seed} also differ in: {', '.join(differing)}"
+                f"fused seeds must differ only in train.seed; seed {configs[0].train.seed} and seed {config.train.seed} also differ in: {', '.join(differing)}"
             )
-    if len(configs) > 1 and configs[0].data_seed is None:
+    if len(configs) > 1 and configs[0].train.data_seed is None:
         raise ConfigError(
-            "fused seeds share one batch stream, so their configs need a common data_seed "
-            "(data_seed unset means each seed draws its own batches); set data_seed, e.g. data_seed=0"
+            "fused seeds share one batch stream, so their configs need a common train.data_seed "
+            "(train.data_seed unset means each seed draws its own batches); set it, e.g. train.data_seed=0"
         )
     dropout = dropout_keys(configs[0])
     if dropout:
@@ -210,18 +210,18 @@ def train_ocl_fused_seeds(
 ) -> list[TrainResult]:
     """Train the seeds of one configuration together; ``run_dirs[k]`` ends up as ``train_ocl(configs[k])`` leaves it.
 
-    ``configs`` must differ only in ``seed`` and share a ``data_seed`` (the batch stream is shared). Each run.json
+    ``configs`` must differ only in ``train.seed`` and share a ``train.data_seed`` (the batch stream is shared). Each run.json
     records ``fused_seeds``; every TrainResult reports the fused wall time and the samples/s of one seed.
     """
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
     check_fusable(configs, run_dirs)
     for config, run_dir in zip(configs, run_dirs):
-        prepare_run_folder(run_dir, to_dict(config), resume)
+        prepare_run_folder(run_dir, config, resume)
     shared = configs[0]  # every setting but the seed is the same in all configs
     target_device = resolve_device(device)
     store, feature_kind = open_training_store(store_path, shared)
     validation = FeatureStore(validation_store) if validation_store else store
-    seeds = [config.seed for config in configs]
+    seeds = [config.train.seed for config in configs]
     run_info = {**ocl_run_info(store, shared, feature_kind, False, target_device), "fused_seeds": seeds}
     runs = []
     for config, run_dir in zip(configs, run_dirs):
@@ -232,16 +232,16 @@ def train_ocl_fused_seeds(
                 model=model,
                 config=to_dict(config),
                 run_info=run_info,
-                label=f"seed {config.seed}",
-                noise_generator=noise_generator(config.seed, target_device),
+                label=f"seed {config.train.seed}",
+                noise_generator=noise_generator(config.train.seed, target_device),
                 validate=ocl_validator(model, validation, config, feature_kind, target_device),
             )
         )
-    fused = FusedSeeds(runs, shared.learning_rate)
+    fused = FusedSeeds(runs, shared.train.learning_rate)
     batches = ocl_batches(store, shared, target_device, feature_kind, online=False)
     try:
         start_step = fused.restore(batches) if resume else 0
-        end_step = shared.steps if stop_after is None else min(shared.steps, start_step + stop_after)
+        end_step = shared.train.steps if stop_after is None else min(shared.train.steps, start_step + stop_after)
 
         def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return fused.losses(batch.features, batch.tokens)
@@ -249,7 +249,7 @@ def train_ocl_fused_seeds(
         loops = train_runs(
             trained=fused,
             batches=batches,
-            settings=LoopSettings.from_config(shared),
+            settings=shared.train,
             device=target_device,
             step_loss=step_loss,
             start_step=start_step,
@@ -260,7 +260,7 @@ def train_ocl_fused_seeds(
         )
     finally:
         batches.close()
-    return [TrainResult.from_loop(run.run_dir, loop, shared.batch_size) for run, loop in zip(runs, loops)]
+    return [TrainResult.from_loop(run.run_dir, loop, shared.train.batch_size) for run, loop in zip(runs, loops)]
 
 
 __all__ = ["FusedSeeds", "check_fusable", "dropout_keys", "train_ocl_fused_seeds"]

@@ -16,58 +16,12 @@ from typing import Any, Callable
 import torch
 
 from featcache.console import error_console, format_rate, progress_bar
-from featcache.errors import ConfigError, FeatcacheError
+from featcache.errors import FeatcacheError
 from featcache.runtime import autocast
 from featcache.training.checkpoint import load_train_state, load_weights, save_checkpoint
+from featcache.training.config import TrainSettings
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.metrics_log import MetricsLog
-from featcache.training.schedule import LR_SCHEDULES, scheduled_lr
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The loop's fields of a training config; the schedule fields are checked here, once, for every stage."""
-
-    steps: int
-    learning_rate: float
-    warmup_fraction: float
-    final_lr_ratio: float
-    grad_clip: float
-    amp: bool
-    log_every: int
-    checkpoint_every: int
-    #: ``cosine`` | ``vvo-cosine`` | ``constant`` | ``exponential`` (see ``featcache.training.schedule.scheduled_lr``).
-    lr_schedule: str = "cosine"
-    #: Warm-up length in steps; None = ``int(warmup_fraction * steps)``.
-    warmup_steps: int | None = None
-    #: Steps per halving of the ``exponential`` schedule.
-    lr_half_life: int = 100000
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"config key 'lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ConfigError(f"config key 'warmup_fraction' must lie in [0, 1), got {self.warmup_fraction}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ConfigError(f"config key 'warmup_steps' must not be negative (or null = warmup_fraction), got {self.warmup_steps}")
-        if self.lr_half_life < 1:
-            raise ConfigError(f"config key 'lr_half_life' must be at least 1, got {self.lr_half_life}")
-
-    @classmethod
-    def from_config(cls, config: Any) -> "LoopSettings":
-        """The loop's fields of a stage config (every training config names them the same)."""
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
-
-    @property
-    def resolved_warmup_steps(self) -> int:
-        """``warmup_steps`` when set, else ``int(warmup_fraction * steps)``."""
-        return int(self.warmup_fraction * self.steps) if self.warmup_steps is None else self.warmup_steps
-
-    def learning_rate_at(self, step: int) -> float:
-        """The learning rate of optimiser step ``step`` (0-based): a pure function of the step, so resumes match."""
-        return scheduled_lr(
-            self.lr_schedule, step, self.steps, self.learning_rate, self.resolved_warmup_steps, self.final_lr_ratio, self.lr_half_life
-        )
 
 
 @dataclass
@@ -204,7 +158,7 @@ def train_loop(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: CachedBatches,
-    settings: LoopSettings,
+    settings: TrainSettings,
     device: torch.device,
     run_dir: Path,
     config: dict[str, Any],
@@ -244,7 +198,7 @@ def train_runs(
     *,
     trained: TrainedRuns,
     batches: CachedBatches,
-    settings: LoopSettings,
+    settings: TrainSettings,
     device: torch.device,
     step_loss: StepLoss,
     start_step: int,

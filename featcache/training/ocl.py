@@ -19,9 +19,9 @@ from featcache.ocl import OCLModel, OCLOutput
 from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import prepare_run_folder
-from featcache.training.config import OCLTrainConfig, data_seed
+from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopSettings, TrainResult, restore, train_loop
+from featcache.training.loop import TrainResult, restore, train_loop
 from featcache.training.online import OnlineBatches
 from featcache.training.runs import build_ocl_model, evaluation_generator, resolve_feature_kind, store_summary_for_run
 
@@ -34,17 +34,18 @@ def open_training_store(store_path: str | Path, config: OCLTrainConfig) -> tuple
 
 
 def build_seeded_model(config: OCLTrainConfig, store: FeatureStore, device: torch.device) -> OCLModel:
-    """The run's freshly initialised model: torch's generators are seeded with ``config.seed`` first."""
-    seed_everything(config.seed)
+    """The run's freshly initialised model: torch's generators are seeded with ``config.train.seed`` first."""
+    seed_everything(config.train.seed)
     return build_ocl_model(config, store).to(device)
 
 
 def ocl_batches(store: FeatureStore, config: OCLTrainConfig, device: torch.device, feature_kind: str, online: bool) -> CachedBatches:
     """The run's batch stream (cached, or recomputed from the images with ``online``), seeded with the data seed."""
-    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None, "seed": data_seed(config)}
+    train = config.train
+    loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None, "seed": train.resolved_data_seed}
     if online:
-        return OnlineBatches(store, config.batch_size, device, feature_kind, False, **loader_kwargs)
-    return CachedBatches(store, config.batch_size, device, feature_kind, False, mode=config.loader, **loader_kwargs)
+        return OnlineBatches(store, train.batch_size, device, feature_kind, False, **loader_kwargs)
+    return CachedBatches(store, train.batch_size, device, feature_kind, False, mode=train.loader, **loader_kwargs)
 
 
 def ocl_loss_terms(output: OCLOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -101,15 +102,15 @@ def train_ocl(
     (``featcache.runtime.noise_generator(seed)``), so a fused-seed run (featcache.training.fused) equals this one.
     """
     run_dir = Path(out)
-    prepare_run_folder(run_dir, to_dict(config), resume)
+    prepare_run_folder(run_dir, config, resume)
     target_device = resolve_device(device)
     store, feature_kind = open_training_store(store_path, config)
     model = build_seeded_model(config, store, target_device)
-    generator = noise_generator(config.seed, target_device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    generator = noise_generator(config.train.seed, target_device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
     batches = ocl_batches(store, config, target_device, feature_kind, online)
     start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
-    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+    end_step = config.train.steps if stop_after is None else min(config.train.steps, start_step + stop_after)
 
     def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
@@ -121,7 +122,7 @@ def train_ocl(
             model=model,
             optimizer=optimizer,
             batches=batches,
-            settings=LoopSettings.from_config(config),
+            settings=config.train,
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
@@ -137,4 +138,4 @@ def train_ocl(
         )
     finally:
         batches.close()
-    return TrainResult.from_loop(run_dir, loop, config.batch_size)
+    return TrainResult.from_loop(run_dir, loop, config.train.batch_size)

@@ -39,7 +39,7 @@ def warmup_cosine_lr_steps(step: int, total_steps: int, base_lr: float, warmup_s
     return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * phase))
 
 
-#: Learning-rate schedules of the training loop (``lr_schedule`` of the training configs).
+#: Learning-rate schedules of the training loop (``train.lr_schedule`` of the training configs).
 LR_SCHEDULES = ("cosine", "vvo-cosine", "constant", "exponential")
 
 

@@ -22,7 +22,7 @@ from featcache.store import FeatureStore
 from featcache.training.checkpoint import prepare_run_folder
 from featcache.training.config import VQTrainConfig
 from featcache.training.loader import Batch, CachedBatches
-from featcache.training.loop import LoopSettings, TrainResult, restore, train_loop
+from featcache.training.loop import TrainResult, restore, train_loop
 from featcache.training.online import OnlineBatches
 from featcache.training.runs import build_vq_model, resolve_feature_kind, store_summary_for_run
 
@@ -39,7 +39,7 @@ def train_vq(
 ) -> TrainResult:
     """Train the quantizer on ``store_path``'s features; ``stop_after`` ends early (tests, benchmarks)."""
     run_dir = Path(out)
-    prepare_run_folder(run_dir, to_dict(config), resume)
+    prepare_run_folder(run_dir, config, resume)
     target_device = resolve_device(device)
     store = FeatureStore(store_path)
     store.require_complete()
@@ -53,20 +53,23 @@ def train_vq(
         raise ConfigError(
             f"decoder.image_size {config.decoder.image_size} differs from the cached images' {store.layout.image_size} px in {store.path}"
         )
-    seed_everything(config.seed)
+    train = config.train
+    seed_everything(train.seed)
     model = build_vq_model(config, store.layout.channels, store.layout.grid).to(target_device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
     loader_class = OnlineBatches if online else CachedBatches
-    loader_kwargs: dict[str, Any] = {} if online else {"mode": config.loader}
-    batches = loader_class(store, config.batch_size, target_device, feature_kind, with_images, seed=config.seed, **loader_kwargs)
+    loader_kwargs: dict[str, Any] = {} if online else {"mode": train.loader}
+    batches = loader_class(
+        store, train.batch_size, target_device, feature_kind, with_images, seed=train.resolved_data_seed, **loader_kwargs
+    )
     start_step = restore(run_dir, model, optimizer, batches) if resume else 0
-    end_step = config.steps if stop_after is None else min(config.steps, start_step + stop_after)
+    end_step = train.steps if stop_after is None else min(train.steps, start_step + stop_after)
     usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
     schedule: dict[str, float] = {}
 
     def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         targets = batch.images if with_images else batch.features
-        output = model(batch.features, targets, progress=step / config.steps)
+        output = model(batch.features, targets, progress=step / train.steps)
         usage.add_(torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size))
         schedule.update(gumbel_scale=output.quantizer.gumbel_scale, alpha=output.quantizer.alpha)
         return output.losses["total"], output.losses
@@ -89,7 +92,7 @@ def train_vq(
             model=model,
             optimizer=optimizer,
             batches=batches,
-            settings=LoopSettings.from_config(config),
+            settings=train,
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
@@ -103,9 +106,9 @@ def train_vq(
         )
     finally:
         batches.close()
-    if end_step == config.steps and with_images:
+    if end_step == train.steps and with_images:
         write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
-    return TrainResult.from_loop(run_dir, loop, config.batch_size)
+    return TrainResult.from_loop(run_dir, loop, train.batch_size)
 
 
 @torch.no_grad()
