@@ -340,3 +340,38 @@ def test_full_size_quickstart_from_the_cli(tmp_path: Path, monkeypatch: pytest.M
     code, out, _ = run_cli(monkeypatch, capsys, "quickstart", "--out", str(tmp_path / "quick"))
     assert code == 0 and f"report: {tmp_path / 'quick' / 'report' / 'report.md'}" in " ".join(out.split())
     shutil.rmtree(tmp_path / "quick")
+
+
+def test_records_written_before_the_train_section_stay_done(tmp_path: Path, vq_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workdir of the previous featcache (training keys flat in the saved config) re-runs nothing after an upgrade:
+    the record's config is read as a saved config is read (moved keys into train:), its downstream follows; a
+    real change in that old config still re-runs."""
+    from featcache import records
+
+    monkeypatch.chdir(tmp_path)
+    data = chain(vq_config)
+    data["stages"] = data["stages"][:4]
+    path = write_yaml(tmp_path / "p.yaml", data)
+    work = tmp_path / "work"
+    assert run_pipeline(load_pipeline(path, workdir=work), show_progress=False).error is None
+
+    vq_path, tokens_path = work / ".stages" / "vq.json", work / ".stages" / "tokens.json"
+    written = {path: path.read_text() for path in (vq_path, tokens_path)}
+
+    def rewrite_as_before(train_steps: int) -> None:
+        vq, tokens = json.loads(written[vq_path]), json.loads(written[tokens_path])
+        config = vq["fingerprinted"]["params"]["config"]
+        config.update({**config.pop("train"), "steps": train_steps})  # the flat layout of the old code
+        config.pop("data_seed")  # VQ configs had no data_seed then
+        vq["fingerprint"] = records.fingerprint(vq["fingerprinted"])
+        tokens["fingerprinted"]["upstream"]["vq"] = vq["fingerprint"]
+        tokens["fingerprint"] = records.fingerprint(tokens["fingerprinted"])
+        records.write_record(vq_path, vq)
+        records.write_record(tokens_path, tokens)
+
+    rewrite_as_before(train_steps=TINY_VQ["train"]["steps"])
+    plans = {plan.stage.name: plan for plan in plan_pipeline(load_pipeline(path, workdir=work))}
+    assert {name: plan.decision for name, plan in plans.items()} == {"synth": "done", "extract": "done", "vq": "done", "tokens": "done"}
+    rewrite_as_before(train_steps=TINY_VQ["train"]["steps"] + 1)
+    plans = {plan.stage.name: plan for plan in plan_pipeline(load_pipeline(path, workdir=work))}
+    assert (plans["vq"].decision, plans["tokens"].decision) == ("run", "run") and plans["extract"].decision == "done"

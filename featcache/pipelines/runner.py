@@ -13,6 +13,7 @@ outputs the pipeline did not write are never touched: the run refuses before any
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Iterable, Literal
 from rich.table import Table
 
 from featcache import records
-from featcache.config import to_dict
+from featcache.config import from_dict, to_dict
 from featcache.console import console, error_console
 from featcache.errors import FeatcacheError
 from featcache.pipelines.kinds import file_hashes
@@ -95,6 +96,27 @@ def fingerprints(pipeline: Pipeline) -> dict[str, str]:
     return found
 
 
+def _recorded_as_today(pipeline: Pipeline, stage: StageSpec, record: dict[str, Any], stage_fingerprints: dict[str, str],
+                       current: set[str]) -> str | None:
+    """The fingerprint a record's inputs have today: its saved config read as today's code reads a saved config
+    (``featcache.config.from_dict``: moved keys in their sections, later fields at the values of their time), and
+    upstream fingerprints of stages whose records are current replaced by today's. None when that cannot be said."""
+    data = copy.deepcopy(record.get("fingerprinted"))
+    config_class = stage.stage_kind.config_class()
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+        return None
+    if config_class is not None and isinstance(data["params"].get("config"), dict):
+        try:
+            data["params"]["config"] = to_dict(from_dict(config_class, data["params"]["config"]))
+        except FeatcacheError:
+            return None
+    upstream = data.get("upstream") or {}
+    for name, recorded in upstream.items():
+        if name in current and name in stage_fingerprints and (read_record(pipeline, name) or {}).get("fingerprint") in (recorded, None):
+            upstream[name] = stage_fingerprints[name]
+    return records.fingerprint(data)
+
+
 def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePlan]:
     """Decide for every stage: done, run or resume; refuses outputs the pipeline did not write."""
     force = list(force)
@@ -103,10 +125,16 @@ def plan_pipeline(pipeline: Pipeline, force: Iterable[str] = ()) -> list[StagePl
     stage_fingerprints = fingerprints(pipeline)
     plans: list[StagePlan] = []
     runs: set[str] = set()
+    #: Stages whose record matches today's fingerprint, directly or once its saved config is read as today's code reads it.
+    current: set[str] = set()
     for stage in pipeline.stages:
         kind = stage.stage_kind
         record = read_record(pipeline, stage.name)
         fingerprint = stage_fingerprints[stage.name]
+        if record is not None and record.get("fingerprint") != fingerprint and _recorded_as_today(pipeline, stage, record, stage_fingerprints, current) == fingerprint:
+            record = {**record, "fingerprint": fingerprint}  # written before a config key moved: the same work
+        if record is not None and record.get("fingerprint") == fingerprint:
+            current.add(stage.name)
         owned = kind.owned(stage.params)
         ours = record is not None and record.get("owned") == owned
         upstream_runs = {name: (read_record(pipeline, name) or {}).get("run_id") for name in stage.needs}
