@@ -6,6 +6,7 @@ Sizes are chosen so extraction of the whole fixture takes about a second on 2 CP
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,12 +57,20 @@ def single_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+#: Processes the tests start (the CLI in a subprocess) read these at start-up; dask workers get them from distributed.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread_for_the_session() -> Iterator[None]:
-    """Every test runs torch on one thread: the suite's models are tiny, and on a 2-core machine shared with anything
-    else (another test process, CI neighbours) two OpenMP threads made a 20-step OCL run ~20x slower (9.5 s vs 0.45 s,
-    measured). Tests that need more threads set them themselves."""
-    with single_torch_thread():
+def _one_thread_for_the_session() -> Iterator[None]:
+    """Every test runs torch and the BLAS/OpenMP pools (numpy's OpenBLAS, faiss) on one thread: the suite's arrays are
+    tiny, and on a 2-core machine shared with anything else (another test process, CI neighbours) two threads made a
+    20-step OCL run ~20x slower (9.5 s vs 0.45 s) and numpy's eigh of a 384 x 384 covariance 6x slower (measured).
+    Tests that need more threads set them themselves."""
+    from threadpoolctl import threadpool_limits
+
+    with single_torch_thread(), threadpool_limits(limits=1):
         yield
 
 
