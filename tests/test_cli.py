@@ -100,11 +100,16 @@ def test_vq_commands_from_the_cli(tmp_path: Path, shapes_dir: Path, monkeypatch:
     code, out, _ = run_cli(monkeypatch, capsys, "analyze", "codes", "--store", str(store), "--tokens", "t", "--out", str(tmp_path / "codes"))
     assert code == 0 and "used codes" in out and (tmp_path / "codes" / "code_statistics.json").is_file()
     csv_path = tmp_path / "sep.csv"
+    json_path = tmp_path / "sep.json"
     code, out, _ = run_cli(
-        monkeypatch, capsys, "analyze", "separability", "--store", str(store), "--tokens", "t", "--csv", str(csv_path)
+        monkeypatch, capsys, "analyze", "separability", "--store", str(store), "--tokens", "t", "--csv", str(csv_path),
+        "--json", str(json_path), "--limit", "10", "--pca-dims", "8",
     )
     assert code == 0 and "kMeans" in out
     assert len(csv_path.read_text().strip().splitlines()) == 4  # header + last_block, final_norm, tokens
+    rows = json.loads(json_path.read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert len(rows) == 3 and all(row["images"] == 10 for row in rows), rows
 
 
 # ----------------------------------------------------------------------------- every operation through the CLI
@@ -205,10 +210,10 @@ def test_train_ocl_resume_and_eval_from_the_cli(
     assert code == 2 and "mask source (eval --masks) must be 'attention' or 'decoder', got 'alpha'" in " ".join(err.split())
 
 
-def table_statuses(stdout: str) -> dict[str, str]:
-    """Stage -> status from `featcache run`'s table (rows whose first cell is filled; wrapped cells continue below)."""
+def table_statuses(stdout: str, stages: set[str]) -> dict[str, str]:
+    """Stage -> status from the stage table `featcache run` prints (the rows that name one of ``stages``)."""
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in stdout.splitlines() if line.startswith("│")]
-    return {row[0]: row[2] for row in rows if len(row) > 2 and row[0]}
+    return {row[0]: row[2] for row in rows if len(row) > 2 and row[0] in stages}
 
 
 def test_run_a_pipeline_from_the_cli_then_nothing_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,12 +229,29 @@ def test_run_a_pipeline_from_the_cli_then_nothing_to_do(tmp_path: Path, monkeypa
     work = tmp_path / "work"
     arguments = ["run", str(pipeline), "--workdir", str(work), "--set", "synth.seed=3"]
     code, stdout, err = run_cli(monkeypatch, capsys, *arguments)
-    assert code == 0 and table_statuses(stdout) == {"synth": "ran", "extract": "ran"}, stdout + err
+    assert code == 0 and table_statuses(stdout, {"synth", "extract"}) == {"synth": "ran", "extract": "ran"}, stdout + err
     assert json.loads((work / "synth" / "synthetic.json").read_text())["generator"]["seed"] == 3
     code, out, _ = run_cli(monkeypatch, capsys, "info", str(work / "extract.zarr"), "--json")
     completeness = json.loads(out)["completeness"]
     assert code == 0 and completeness["complete"] is True and completeness["samples_written"] == 4
     code, stdout, _ = run_cli(monkeypatch, capsys, *arguments)
-    assert code == 0 and table_statuses(stdout) == {"synth": "done", "extract": "done"}, stdout
+    assert code == 0 and table_statuses(stdout, {"synth", "extract"}) == {"synth": "done", "extract": "done"}, stdout
     code, stdout, _ = run_cli(monkeypatch, capsys, *arguments, "--force", "extract")
-    assert code == 0 and table_statuses(stdout) == {"synth": "done", "extract": "ran"}, stdout
+    assert code == 0 and table_statuses(stdout, {"synth", "extract"}) == {"synth": "done", "extract": "ran"}, stdout
+
+
+def test_import_vvo_flags_and_a_bad_set_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """import-vvo's flags as the CLI spells them (its round trip with tokenize and eval: test_import_vvo.py)."""
+    checkpoint = Path(__file__).parent / "fixtures" / "parity" / "vvo_tfd_dino2s14_4x4.pth"
+    common = ["import-vvo", str(checkpoint), "--vfm", "dino2-s14", "--grid", "4", "--tokens", "imp"]
+    code, _, err = run_cli(monkeypatch, capsys, *common, "--out", str(tmp_path / "bad"), "--set", "model.decoder.tfd.heads=3")
+    assert code == 2 and len([line for line in err.splitlines() if line.startswith("error")]) == 1 and "decoder.tfd.heads" in err, err
+    assert not (tmp_path / "bad").exists()
+    code, out, err = run_cli(monkeypatch, capsys, *common, "--out", str(tmp_path / "ok"), "--set", "model.aggregator.iterations=2")
+    assert code == 0, err
+    assert "tfd checkpoint" in out and f"featcache tokenize --store STORE --vq {tmp_path / 'ok' / 'vq'} --name imp" in " ".join(out.split())
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "ok" / "ocl" / "config.yaml").read_text())
+    assert config["tokens"] == "imp" and config["model"]["aggregator"]["iterations"] == 2
+    assert (tmp_path / "ok" / "vq" / "model.safetensors").is_file() and (tmp_path / "ok" / "ocl" / "model.safetensors").is_file()

@@ -236,8 +236,11 @@ def test_a_failing_configuration_is_recorded_and_the_others_finish(
         {"name": "broken", "base": [str(OCL / "vvo-dfz.yaml")], "set": {"model.mask_source": "decoder"}},
     ])
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(monkeypatch, capsys, "sweep", str(path), "--set", f"store={ocl_store}", "--out", str(out), "--device", "cpu")
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "sweep", str(path), "--set", f"store={ocl_store}", "--out", str(out), "--device", "cpu",
+                                   "--seeds", "1", "--json-out", str(tmp_path / "sweep.json"))
     assert code == 1
+    written = json.loads((tmp_path / "sweep.json").read_text())
+    assert written["out"] == str(out) and [(r["config_id"], r["seed"], r["status"]) for r in written["rows"]] == [("good", 0, "ok"), ("broken", 0, "failed")]
     assert "failed broken seed 0: ConfigError: mask_source 'decoder' needs a decoder with masks" in " ".join(stderr.split())
     assert "good" in stdout and "1/0" in stdout and "0/1" in stdout  # seeds ok/failed per configuration
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
