@@ -62,7 +62,7 @@ def paper_size_step(store: Path, config: OCLTrainConfig) -> float:
     loss.backward()
     optimizer.step()
     assert any(not torch.equal(before[name], p) for name, p in model.named_parameters() if p.requires_grad)
-    return float(loss)
+    return loss.item()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
