@@ -124,14 +124,26 @@ def test_sample_shape_finite_and_seeded() -> None:
 
 
 def test_seeded_training_loss_repeats() -> None:
+    """The training loss is a function of the seed: the same seed repeats it, another seed changes it (so the
+    timesteps and noise really are drawn from the seeded RNG; a decoder that drew none would fail here)."""
     decoder = make_decoder()
     slots = torch.randn(2, SLOTS, SLOT_DIM)
     targets = DecoderTargets(codes=torch.randn(2, 4, 4, CODE_DIM))
-    torch.manual_seed(7)
-    first = decoder(slots, targets).loss
-    torch.manual_seed(7)
-    second = decoder(slots, targets).loss
-    assert torch.equal(first, second)
+
+    def global_rng_loss(seed: int) -> torch.Tensor:  # no noise passed: torch's global RNG
+        torch.manual_seed(seed)
+        return decoder(slots, targets).loss
+
+    assert torch.equal(global_rng_loss(7), global_rng_loss(7))
+    assert not torch.equal(global_rng_loss(7), global_rng_loss(8))
+
+    def generator_loss(seed: int, global_seed: int) -> torch.Tensor:  # noise from a seeded generator via draw_noise
+        noise = decoder.draw_noise(2, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        torch.manual_seed(global_seed)
+        return decoder(slots, targets, noise).loss
+
+    assert torch.equal(generator_loss(7, global_seed=1), generator_loss(7, global_seed=2))  # the global RNG plays no part
+    assert not torch.equal(generator_loss(7, global_seed=1), generator_loss(8, global_seed=1))
 
 
 def test_sampling_with_all_steps_matches_ddpm_posterior() -> None:

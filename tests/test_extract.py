@@ -246,10 +246,14 @@ def test_random_crop_views_are_stored_with_their_parameters(tmp_path: Path, shap
     assert not np.array_equal(features[0, 0], features[0, 2])
 
 
-def test_two_dask_workers_write_the_same_bytes(tmp_path: Path, shapes_dir: Path, tiny_config: ExtractConfig, reference_store: Path) -> None:
+def test_two_dask_workers_write_the_same_bytes(
+    tmp_path: Path, shapes_dir: Path, tiny_config: ExtractConfig, reference_store: Path, dask_local_cluster: list[dict[str, object]]
+) -> None:
+    """Real dask worker processes; the default suite lends featcache the session's cluster (tests/conftest.py)."""
     out = tmp_path / "dask.zarr"
     summary = extract(open_dataset(str(shapes_dir)), out, tiny_config, workers=2, show_progress=False)
     assert summary.complete and summary.units_run == 3
+    assert [(call["n_workers"], call["threads_per_worker"], call["processes"]) for call in dask_local_cluster] == [(2, 1, True)]
     assert chunk_files(out) == chunk_files(reference_store)
 
 

@@ -26,7 +26,7 @@ from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore, schema
 from featcache.training.config import OCLTrainConfig
 from featcache.training.ocl import train_ocl
-from featcache.training.runs import evaluation_generator, load_ocl_run
+from featcache.training.runs import build_ocl_model, evaluation_generator, load_ocl_run, resolve_feature_kind
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "ocl"
 
@@ -47,13 +47,44 @@ def store(ocl_store: Path) -> Path:
 PRESETS = ("tiny", "random-vfm", "known-answer")
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS), ids=lambda p: p.stem)
+SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS)
+
+
+def paper_size_step(store: Path, config: OCLTrainConfig) -> float:
+    """One Adam step of the config's model on two stored views, without a run folder: at paper sizes (an SD UNet
+    for Dfz) writing train_ocl's checkpoint took most of the time (vvo-dfz: ~7 of 12 s)."""
+    reader = FeatureStore(store, warn_random=False)
+    model = build_ocl_model(config, reader).train()
+    indices = reader.valid_indices()[:2]
+    features = torch.from_numpy(reader.features(indices, view="center", kind=resolve_feature_kind(reader, config.feature_kind)).astype(np.float32))
+    tokens = torch.from_numpy(reader.tokens(config.tokens, indices, view="center").astype(np.int64)) if config.tokens else None
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    loss = model(features, tokens, model.draw_noise(2, torch.Generator().manual_seed(0), torch.device("cpu"))).loss
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters() if p.requires_grad)
+    return loss.item()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, tmp_path: Path) -> None:
+    """Paper sizes: the model builds and takes one optimizer step; + tiny (+ random-vfm): one train_ocl step each.
+    (The paper-size train_ocl run with its checkpoint is test_paper_size_configs_run_one_train_ocl_step, -m slow.)"""
     tiny, random_vfm = CONFIGS / "tiny.yaml", CONFIGS / "random-vfm.yaml"
-    for layers in ([path], [path, tiny], [path, tiny, random_vfm]):
+    assert np.isfinite(paper_size_step(store, load_config(OCLTrainConfig, [path])))
+    for layers in ([path, tiny], [path, tiny, random_vfm]):
         config = merge(load_config(OCLTrainConfig, layers), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0})
         result = train_ocl(store, config, tmp_path / f"run-{len(layers)}", device="cpu", show_progress=False)
         assert result.steps == 1 and np.isfinite(result.first_losses[0])
+
+
+@pytest.mark.slow  # covered in the default suite by test_every_shipped_config_loads_and_runs_one_step (paper_size_step)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_paper_size_configs_run_one_train_ocl_step(path: Path, store: Path, tmp_path: Path) -> None:
+    config = replace(load_config(OCLTrainConfig, [path]), steps=1, batch_size=2, validate_every=0, loader="memory")
+    result = train_ocl(store, config, tmp_path / "run", device="cpu", show_progress=False)
+    assert result.steps == 1 and np.isfinite(result.first_losses[0])
 
 
 @pytest.mark.parametrize("method", ["vvo-tfd", "spot-tfd9"])  # spot-tfd9 draws an order per sample

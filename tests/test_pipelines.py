@@ -321,7 +321,11 @@ QUICK_TINY = [
 ]
 
 
-def test_quickstart_runs_end_to_end_at_tiny_size_and_a_second_call_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quickstart_runs_end_to_end_at_tiny_size_and_a_second_call_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli import table_statuses
+
     monkeypatch.chdir(tmp_path)
     result = run_quickstart(tmp_path / "quick", QUICK_TINY, show_progress=False)
     assert result.error is None and set(statuses(result).values()) == {"ran"}
@@ -330,8 +334,12 @@ def test_quickstart_runs_end_to_end_at_tiny_size_and_a_second_call_runs_nothing(
     summary = json.loads((tmp_path / "quick" / "sweep" / "summary.json").read_text())
     assert sorted(entry["config_id"] for entry in summary["configurations"]) == ["dinosaur-mlp", "vvo-tfd"]
     assert all(entry["n_ok"] == 1 and np.isfinite(entry["metrics"]["ari"]["mean"]) for entry in summary["configurations"])
-    again = run_quickstart(tmp_path / "quick", QUICK_TINY, show_progress=False)
-    assert again.ran == []
+    # The second call through the CLI (`featcache quickstart --out --set`): every stage done, the report's path last.
+    arguments = [argument for setting in QUICK_TINY for argument in ("--set", setting)]
+    code, out, err = run_cli(monkeypatch, capsys, "quickstart", "--out", str(tmp_path / "quick"), *arguments)
+    assert code == 0, err
+    assert table_statuses(out, set(statuses(result))) == {name: "done" for name in statuses(result)}
+    assert f"report: {report}" in " ".join(out.split())
 
 
 @pytest.mark.slow

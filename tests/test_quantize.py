@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -164,17 +165,33 @@ def test_reconstruction_loss_reaches_the_encoder_through_the_model() -> None:
 
 
 def test_without_noise_outputs_are_deterministic() -> None:
-    model = tiny_model(gumbel=False)
+    """Noise is off when the config's ``gumbel`` or the call's ``training_noise`` is off: then the random state plays
+    no part (any generator, any global seed) and every output is the noiseless nearest code. With both on, the same
+    calls do depend on the generator, so the comparison can fail."""
     features = random_features()
-    first = model.quantizer(features, progress=0.4, training_noise=True)
-    second = model.quantizer(features, progress=0.4, training_noise=True)
-    assert torch.equal(first.indices, second.indices)
-    assert torch.equal(first.decoder_input, second.decoder_input)
-    assert all(torch.equal(a, b) for a, b in zip(model.tokenize(features), model.tokenize(features)))
-    gumbel_model = tiny_model(gumbel=True)
-    assert torch.equal(gumbel_model.tokenize(features)[0], model.tokenize(features)[0])
-    evaluation = gumbel_model.quantizer(features, progress=0.4, training_noise=False)
-    assert torch.equal(evaluation.indices, model.tokenize(features)[0])
+    loud = {"gumbel_scale_start": 1e3, "gumbel_scale_end": 1e3}  # noise large enough to move assignments
+    noisy_model, config_off = tiny_model(gumbel=True, **loud), tiny_model(gumbel=False, **loud)
+    nearest = config_off.tokenize(features)[0]
+    assert torch.equal(noisy_model.tokenize(features)[0], nearest)  # tokenize never adds noise; same weights either way
+
+    def quantize(model: VQModel, training_noise: bool, seed: int, global_seed: int = 0) -> Any:
+        torch.manual_seed(global_seed)
+        return model.quantizer(features, progress=0.4, training_noise=training_noise, generator=torch.Generator().manual_seed(seed))
+
+    # Both switches on: another generator gives other assignments (the global RNG held fixed), the same one repeats them.
+    first, other, again = quantize(noisy_model, True, 1), quantize(noisy_model, True, 2), quantize(noisy_model, True, 1, global_seed=5)
+    assert first.gumbel_scale == pytest.approx(1e3)
+    assert not torch.equal(first.indices, other.indices) and torch.equal(first.indices, again.indices)
+    # Either switch off: whatever the generator and global seed, the nearest code and identical outputs.
+    for model, training_noise in ((config_off, True), (noisy_model, False)):
+        outputs = [quantize(model, training_noise, seed, global_seed=seed) for seed in (1, 2)]
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            outputs.append(model.quantizer(features, progress=0.4, training_noise=training_noise))  # no generator: global RNG
+        for output in outputs:
+            assert output.gumbel_scale == 0.0
+            assert torch.equal(output.indices, nearest)
+            assert torch.equal(output.decoder_input, outputs[0].decoder_input)
 
 
 def test_large_gumbel_noise_changes_some_assignments_and_reproduces_under_a_seed() -> None:

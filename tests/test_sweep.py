@@ -262,8 +262,11 @@ def test_a_failing_configuration_is_recorded_and_the_others_finish(
         {"name": "broken", "base": [str(OCL / "vvo-dfz.yaml")], "set": {"model.mask_source": "decoder"}},
     ])
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(monkeypatch, capsys, "sweep", str(path), "--set", f"store={ocl_store}", "--out", str(out), "--device", "cpu")
+    code, stdout, stderr = run_cli(monkeypatch, capsys, "sweep", str(path), "--set", f"store={ocl_store}", "--out", str(out), "--device", "cpu",
+                                   "--seeds", "1", "--json-out", str(tmp_path / "sweep.json"))
     assert code == 1
+    written = json.loads((tmp_path / "sweep.json").read_text())
+    assert written["out"] == str(out) and [(r["config_id"], r["seed"], r["status"]) for r in written["rows"]] == [("good", 0, "ok"), ("broken", 0, "failed")]
     assert "failed broken seed 0: ConfigError: mask_source 'decoder' needs a decoder with masks" in " ".join(stderr.split())
     assert "good" in stdout and "1/0" in stdout and "0/1" in stdout  # seeds ok/failed per configuration
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -274,10 +277,14 @@ def test_a_failing_configuration_is_recorded_and_the_others_finish(
     assert (again.ran, again.skipped, len(again.failed)) == (1, 1, 1)  # failed runs are retried, finished ones are not
 
 
-def test_two_worker_dask_sweep_equals_the_serial_one(serial: tuple[SweepSpec, Path, Any], tmp_path: Path) -> None:
+def test_two_worker_dask_sweep_equals_the_serial_one(
+    serial: tuple[SweepSpec, Path, Any], tmp_path: Path, dask_local_cluster: list[dict[str, object]]
+) -> None:
+    """Real dask worker processes; the default suite lends featcache the session's cluster (tests/conftest.py)."""
     spec, _, reference = serial
     result = run_sweep(spec, out=tmp_path, workers=2, device="cpu", show_progress=False)
     assert result.ran == 2 and not result.failed
+    assert [(call["n_workers"], call["threads_per_worker"], call["resources"]) for call in dask_local_cluster] == [(2, 1, None)]
     for got, want in zip(result.rows, reference.rows):
         assert (got["config_id"], got["seed"], got["config_sha"]) == (want["config_id"], want["seed"], want["config_sha"])
         for name, value in want["metrics"].items():

@@ -49,8 +49,6 @@ class Eval(Operation):
 
         super().validate(params)
         get_protocol(params.protocol)
-        if params.masks not in (None, "attention", "decoder"):
-            raise FeatcacheError(f"masks {params.masks!r}: expected attention or decoder (or nothing: the run's mask_source)")
 
     def outputs(self, params: EvalParams) -> dict[str, str]:
         return {"out": str(params.out), "json": str(Path(str(params.out)) / "eval.json")}

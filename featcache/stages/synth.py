@@ -40,7 +40,7 @@ class Synth(Operation):
                 Path(params.out), images=params.images, seed=params.seed, size=params.size, video=params.video, frames=params.frames,
                 min_objects=params.min_objects, max_objects=params.max_objects, progress=lambda n: progress.update(task, completed=n),
             )
-        return f"wrote {params.images} {'clips' if params.video else 'images'} of {params.size} px to {params.out}"
+        return f"wrote {params.images} {'clips' if params.video else 'images'} to {params.out}"
 
 
 SYNTH = declare(Synth())
