@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
 
 from featcache.config import load_config, merge, nest_keys, parse_overrides, to_dict
 from featcache.errors import ConfigError
@@ -109,13 +109,6 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def get_origin_list(operation: "Operation", name: str) -> bool:
-    """Whether param ``name`` of the operation is declared as a list."""
-    from typing import get_origin
-
-    return get_origin(get_type_hints(operation.params_type)[name]) is list
-
-
 class Operation:
     """One operation: typed params in, files written, a one-line note about what was done.
 
@@ -158,7 +151,8 @@ class Operation:
     def make_params(self, values: dict[str, Any]) -> Any:
         """Typed params from a mapping (unknown keys and wrong types fail naming the key); a ``config`` param may
         name one file instead of a list."""
-        values = {key: [value] if key in self.roles("config") and isinstance(value, str) and get_origin_list(self, key) else value
+        lists = {name for name, hint in get_type_hints(self.params_type).items() if get_origin(hint) is list}
+        values = {key: [value] if key in lists and key in self.roles("config") and isinstance(value, str) else value
                   for key, value in values.items()}
         return merge(self.params_type(), values)
 
