@@ -48,15 +48,15 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 # ----------------------------------------------------------------------------- operations, generated
 def _cli_type(info: ParamInfo) -> Any:
     """The type typer parses an operation param as (``set`` and ``config`` params are repeatable strings)."""
-    if info.role in ("set", "config") and not info.argument:
-        return list[str]
+    path = info.role in ("input", "out", "config")  # shown as <path>; handed to the operation as a string
+    if info.role == "set" or (info.role == "config" and not info.argument):
+        return list[Path] if path else list[str]
     origin, args = get_origin(info.type), [arg for arg in get_args(info.type) if arg is not type(None)]
     if origin in (Union, types.UnionType):
-        inner = args[0] if len(args) == 1 else args[0]
-        return Optional[inner]
+        return Optional[Path if path and args[0] is str else args[0]]
     if origin is list:
-        return list[args[0]] if args else list[str]
-    return info.type
+        return list[Path] if path else list[args[0]] if args else list[str]
+    return Path if path and info.type is str else info.type
 
 
 def _cli_parameter(info: ParamInfo, name: str | None = None) -> inspect.Parameter:
@@ -92,6 +92,8 @@ def _cli_params(operation: Operation, values: dict[str, Any]) -> Any:
             value = overrides_mapping(list(value or []))
         elif isinstance(value, Path):
             value = str(value)
+        elif isinstance(value, list):
+            value = [str(item) if isinstance(item, Path) else item for item in value]
         params[name] = value
     set_field = operation.roles("set")
     given = {field: value for field, value in shorthand.items() if value is not None}
