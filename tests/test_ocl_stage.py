@@ -82,7 +82,7 @@ def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, t
 @pytest.mark.slow  # covered in the default suite by test_every_shipped_config_loads_and_runs_one_step (paper_size_step)
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_paper_size_configs_run_one_train_ocl_step(path: Path, store: Path, tmp_path: Path) -> None:
-    config = replace(load_config(OCLTrainConfig, [path]), steps=1, batch_size=2, validate_every=0, loader="memory")
+    config = merge(load_config(OCLTrainConfig, [path]), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0})
     result = train_ocl(store, config, tmp_path / "run", device="cpu", show_progress=False)
     assert result.steps == 1 and np.isfinite(result.first_losses[0])
 
