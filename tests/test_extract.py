@@ -24,6 +24,7 @@ from featcache.encoders import create_encoder
 from featcache.errors import DatasetError, FeatcacheError, StoreError
 from featcache.extraction import ExtractConfig, extract
 from featcache.store import FeatureStore, read_attributes, schema
+from featcache.store.lock import StaleLockWarning
 
 
 def chunk_files(store: Path) -> dict[str, bytes]:
@@ -172,7 +173,8 @@ def test_killed_process_resumes_to_the_same_bytes(tmp_path: Path, shapes_dir: Pa
     process.wait()
     assert done_marker.exists(), "the run was killed before its first unit finished"
     assert not quiet_store(out).completeness().complete
-    summary = extract(open_dataset(str(shapes_dir)), out, ExtractConfig(**{**read_attributes(out)["config"]}), device="cpu", show_progress=False)
+    with pytest.warns(StaleLockWarning, match="took over stale lock"):  # the killed run's lock
+        summary = extract(open_dataset(str(shapes_dir)), out, ExtractConfig(**{**read_attributes(out)["config"]}), device="cpu", show_progress=False)
     assert summary.complete and 0 < summary.units_run < 3
     assert chunk_files(out) == chunk_files(reference_store)
 

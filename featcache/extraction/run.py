@@ -11,6 +11,7 @@ own chunks; the client alone marks units done, so the result is byte-identical t
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,9 +33,10 @@ from featcache.extraction.config import ExtractConfig
 from featcache.extraction.units import FeatureComputer, PreparedSample, assemble_unit, prepare_sample
 from featcache.runtime import resolve_device
 from featcache.store import schema
+from featcache.store.lock import WriterLock, store_lock_path
 from featcache.store.reader import read_attributes
 from featcache.store.schema import StoreLayout
-from featcache.store.writer import UnitArrays, create_store, finalize_store, mark_unit_done, write_unit
+from featcache.store.writer import UnitArrays, create_store, finalize_store, is_half_created_store, mark_unit_done, staging_path, write_unit, writing
 from featcache.views import ViewSpec, default_views
 
 #: Units decoded ahead of the one being computed.
@@ -137,9 +139,20 @@ def build_attributes(
 def open_or_create(
     out: Path, config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec]
 ) -> StoreLayout:
-    """Create the store, or check that an existing one was made from the same inputs (resume / append)."""
+    """Create the store, or check that an existing one was made from the same inputs (resume / append).
+
+    The caller holds the store's lock. A store that an older featcache left half-created (killed before its
+    attributes were written: only featcache's own empty arrays, no unit done) is recreated with a warning.
+    """
     layout = build_layout(config, encoder, dataset, views)
     wanted = store_identity(config, encoder, dataset, views)
+    if out.exists() and is_half_created_store(out):
+        error_console.print(f"[bold yellow]WARNING[/]: {out} is a store whose creation was interrupted (no attributes, no unit done); recreating it")
+        with writing(out, "the interrupted store's removal"):
+            staging = staging_path(out)
+            if staging.exists():
+                shutil.rmtree(staging)
+            os.rename(out, staging)  # atomic: a kill now leaves no half-deleted store; create_store removes the staging
     if out.exists():
         attributes = read_attributes(out)
         existing = attributes["identity"]
@@ -149,7 +162,8 @@ def open_or_create(
         if differences:
             raise StoreError(f"store {out} was made with different inputs: {'; '.join(differences)}; use another --out")
         return layout
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out, "the parent folder"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     create_store(
         out,
         layout,
@@ -184,27 +198,32 @@ def extract(
     if config.samples_per_chunk < 1 or config.batch_size < 1:
         raise FeatcacheError("samples_per_chunk and batch_size must be >= 1")
     ENCODERS.get(config.vfm)  # unknown name: fail before loading anything
-    encoder = create_encoder(config.vfm, weights=config.weights, resolution=config.resolution or None, seed=config.weight_seed)
-    if encoder.weights.is_random:
-        error_console.print(
-            f"[bold yellow]WARNING[/]: extracting with RANDOMLY INITIALISED {config.vfm} weights (seed={config.weight_seed}); "
-            "the store records it and every command reading it will warn"
-        )
-    views = default_views(config.crops)
-    layout = open_or_create(out, config, encoder, dataset, views)
-    pending = pending_units(out)
-    started = time.perf_counter()
-    if workers > 0 or scheduler:
-        bad, samples = _extract_distributed(out, dataset, config, encoder, layout, pending, workers, scheduler, skip_bad, show_progress)
-    else:
-        computer = FeatureComputer(encoder, resolve_device(device), config.batch_size)
-        bad, samples = _extract_local(
-            out, dataset, config, layout, views, computer, pending, skip_bad, decode_threads, show_progress, on_unit_done
-        )
-    seconds = time.perf_counter() - started
-    complete = not pending_units(out)
-    if complete and pending:
-        finalize_store(out)
+    # One writer per store, taken before loading weights: a second extract into the same --out fails at once naming
+    # the first; dask workers write their units under this (the coordinator's) lock.
+    with WriterLock(store_lock_path(out), f"store {out}"):
+        encoder = create_encoder(config.vfm, weights=config.weights, resolution=config.resolution or None, seed=config.weight_seed)
+        if encoder.weights.is_random:
+            error_console.print(
+                f"[bold yellow]WARNING[/]: extracting with RANDOMLY INITIALISED {config.vfm} weights (seed={config.weight_seed}); "
+                "the store records it and every command reading it will warn"
+            )
+        views = default_views(config.crops)
+        layout = open_or_create(out, config, encoder, dataset, views)
+        pending = pending_units(out)
+        started = time.perf_counter()
+        if workers > 0 or scheduler:
+            bad, samples = _extract_distributed(out, dataset, config, encoder, layout, pending, workers, scheduler, skip_bad, show_progress)
+        else:
+            computer = FeatureComputer(encoder, resolve_device(device), config.batch_size)
+            bad, samples = _extract_local(
+                out, dataset, config, layout, views, computer, pending, skip_bad, decode_threads, show_progress, on_unit_done
+            )
+        seconds = time.perf_counter() - started
+        complete = not pending_units(out)
+        # Also when a run was killed (or hit a full disk) between its last unit and finalising.
+        if complete and (pending or not read_attributes(out).get("completed")):
+            with writing(out, "the completion attributes"):
+                finalize_store(out)
     return ExtractSummary(
         store=out,
         units_total=layout.num_units,

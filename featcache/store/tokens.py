@@ -36,24 +36,51 @@ CODEBOOK = "codebook"
 MAX_CODEBOOK_SIZE = 65536
 
 
+def validate_token_name(name: str) -> str:
+    """A token set name becomes a folder of the store: refuse anything that is not one plain folder name
+    (empty, '.', '..', a leading '.', '/' or '\\'), before anything is created."""
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name:
+        raise StoreError(
+            f"token set name {name!r} is invalid; expected a plain name like 'vvo-c256' (no '/', '\\', '..' or leading '.')"
+        )
+    return name
+
+
 def token_group_path(name: str) -> str:
-    if not name or "/" in name or name.startswith("."):
-        raise StoreError(f"token set name {name!r} is invalid; expected a plain name like 'vvo-c256'")
-    return f"{TOKENS_GROUP}/{name}"
+    return f"{TOKENS_GROUP}/{validate_token_name(name)}"
 
 
 def token_names(group: zarr.Group) -> list[str]:
+    """Names of the token sets of a store's root group; a group whose creation was interrupted (no attributes) is
+    not a token set (tokenize recreates it)."""
     if TOKENS_GROUP not in group:
         return []
-    return sorted(group[TOKENS_GROUP].group_keys())  # type: ignore[union-attr]
+    tokens = group[TOKENS_GROUP]
+    return sorted(name for name, member in tokens.groups() if TOKEN_ATTRIBUTES_KEY in member.attrs)  # type: ignore[union-attr]
+
+
+def is_half_created_token_set(store: Path, name: str) -> bool:
+    """Whether ``tokens/<name>`` exists without its attributes: a tokenize killed while creating it."""
+    root = zarr.open_group(str(store), mode="r")
+    path = token_group_path(name)
+    return path in root and TOKEN_ATTRIBUTES_KEY not in root[path].attrs
 
 
 def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.ndarray, attributes: dict[str, Any]) -> None:
-    """Create ``tokens/<name>`` with its codebook; fails if it exists (the caller decides about overwriting)."""
+    """Create ``tokens/<name>`` with its codebook; fails if it exists (the caller decides about overwriting).
+
+    The attributes are written last, so a group without them is a creation that was interrupted: it is removed
+    and created again here. The caller holds the token set's lock.
+    """
+    path = token_group_path(name)
     size, _ = codebook.shape
     if size > MAX_CODEBOOK_SIZE:
         raise StoreError(f"codebook of {size} codes does not fit uint16 token indices (at most {MAX_CODEBOOK_SIZE})")
+    if is_half_created_token_set(store, name):
+        delete_token_set(store, name)
     root = zarr.open_group(str(store), mode="r+")
+    if path in root:
+        raise StoreError(f"token set {name!r} already exists in {store}")
     group = root.require_group(TOKENS_GROUP).create_group(name)
     height, width = layout.grid
     shape = (layout.num_samples, layout.num_views, height, width)
@@ -63,6 +90,11 @@ def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.n
     group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=[compressor], fill_value=0)
     group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0)
     group.create_array(CODEBOOK, data=codebook.astype(np.float32))
+    write_token_attributes(group, attributes)
+
+
+def write_token_attributes(group: zarr.Group, attributes: dict[str, Any]) -> None:
+    """Set a token set's attributes (the last step of its creation; a named point for fault tests)."""
     group.attrs[TOKEN_ATTRIBUTES_KEY] = attributes
 
 

@@ -6,7 +6,11 @@ workers (threads or dask processes) call :func:`write_unit`, which touches only 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from featcache.errors import StoreError
 from featcache.provenance import utc_now
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
@@ -43,6 +48,71 @@ def blosc_compressor(level: int) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
 
 
+def describe_os_error(error: OSError) -> str:
+    """``[Errno 28] No space left on device (<file>)``: the errno text and, when known, the file."""
+    text = f"[Errno {error.errno}] {error.strerror}" if error.errno is not None else str(error)
+    return f"{text} ({error.filename})" if error.filename else text
+
+
+@contextmanager
+def writing(path: Path, what: str) -> Iterator[None]:
+    """Turn an OSError (a full disk, a read-only or vanished folder) while writing ``what`` of the store at ``path``
+    into a one-line StoreError. zarr writes every file atomically (temporary file, then rename), so a failed write
+    leaves the previous bytes: the unit stays pending and the same command resumes once the cause is fixed."""
+    try:
+        yield
+    except OSError as error:
+        raise StoreError(
+            f"writing {what} of store {path} failed: {describe_os_error(error)}; fix that and run the same command again to resume"
+        ) from None
+
+
+def staging_path(path: Path) -> Path:
+    """Where :func:`create_store` builds a store before renaming it into place: a hidden sibling of ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.creating")
+
+
+#: Every entry featcache writes at a store's top level (arrays, and the root group's metadata).
+_STORE_ENTRIES = {
+    "zarr.json",
+    schema.FEATURES,
+    schema.IMAGES,
+    schema.MASKS,
+    schema.VIEW_PARAMS,
+    schema.SOURCE_SIZE,
+    schema.INSTANCE_CLASSES,
+    schema.SAMPLE_STATUS,
+    schema.UNITS_DONE,
+    schema.SAMPLE_IDS,
+    schema.CLIP_IDS,
+    schema.FRAME_INDEX,
+}
+
+
+def is_half_created_store(path: Path) -> bool:
+    """Whether ``path`` is a store that featcache began to create and was killed before its attributes were written.
+
+    True only when the folder holds nothing featcache did not write (a zarr group without attributes and at most
+    featcache's own top-level arrays) and no unit is done, so recreating it loses nothing. A user's folder, any other
+    zarr group, or a store with attributes is never one.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(metadata, dict) or metadata.get("node_type") != "group" or metadata.get("attributes"):
+        return False
+    for entry in path.iterdir():
+        if entry.name not in _STORE_ENTRIES and not entry.name.endswith(".partial"):
+            return False
+    done = path / schema.UNITS_DONE / "c"
+    return not done.exists() or not any(done.iterdir())  # units_done chunks are written only when a unit is marked
+
+
 def create_store(
     path: Path,
     layout: StoreLayout,
@@ -52,7 +122,32 @@ def create_store(
     frame_indices: list[int],
     compression_level: int = 1,
 ) -> None:
-    """Create an empty store with every array allocated and the static per-sample arrays filled."""
+    """Create an empty store with every array allocated and the static per-sample arrays filled.
+
+    The store is built in a hidden sibling folder and renamed to ``path`` once its attributes are written, so a
+    kill at any point leaves either no store (and a staging folder the next run removes) or a whole one.
+    """
+    path = Path(path)
+    if path.exists():
+        raise StoreError(f"cannot create store {path}: it already exists")
+    staging = staging_path(path)
+    with writing(path, "the new store's arrays and attributes"):
+        if staging.exists():
+            shutil.rmtree(staging)  # left by a run killed while creating this store
+        _build_store(staging, layout, attributes, sample_ids, clip_ids, frame_indices, compression_level)
+        os.rename(staging, path)
+
+
+def _build_store(
+    path: Path,
+    layout: StoreLayout,
+    attributes: dict[str, Any],
+    sample_ids: list[str],
+    clip_ids: list[str | None],
+    frame_indices: list[int],
+    compression_level: int,
+) -> None:
+    """Write the whole empty store at ``path`` (the staging folder); attributes last."""
     n, views, s = layout.num_samples, layout.num_views, layout.samples_per_chunk
     height, width = layout.grid
     compressor = blosc_compressor(compression_level)
@@ -82,33 +177,40 @@ def create_store(
         clips[:] = np.array([c or "" for c in clip_ids], dtype=object)
         frames = group.create_array(schema.FRAME_INDEX, shape=(n,), chunks=(max(n, 1),), dtype="int32")
         frames[:] = np.asarray(frame_indices, dtype=np.int32)
+    write_store_attributes(group, attributes)
+
+
+def write_store_attributes(group: zarr.Group, attributes: dict[str, Any]) -> None:
+    """Set featcache's attributes on a store's root group (one atomic file write; a named point for fault tests)."""
     group.attrs[schema.ATTRIBUTES_KEY] = attributes
 
 
 def write_unit(path: Path, arrays: UnitArrays) -> None:
     """Write one unit's chunks (safe in parallel with other units; never marks the unit done)."""
-    group = zarr.open_group(str(path), mode="r+")
-    stop = arrays.start + arrays.status.shape[0]
-    region = slice(arrays.start, stop)
-    group[schema.FEATURES][region] = arrays.features
-    if arrays.images is not None:
-        group[schema.IMAGES][region] = arrays.images
-    if arrays.masks is not None:
-        group[schema.MASKS][region] = arrays.masks
-    group[schema.VIEW_PARAMS][region] = arrays.view_params
-    group[schema.SOURCE_SIZE][region] = arrays.source_size
-    group[schema.INSTANCE_CLASSES][region] = arrays.instance_classes
-    group[schema.SAMPLE_STATUS][region] = arrays.status
+    with writing(path, f"unit {arrays.unit}"):
+        group = zarr.open_group(str(path), mode="r+")
+        stop = arrays.start + arrays.status.shape[0]
+        region = slice(arrays.start, stop)
+        group[schema.FEATURES][region] = arrays.features
+        if arrays.images is not None:
+            group[schema.IMAGES][region] = arrays.images
+        if arrays.masks is not None:
+            group[schema.MASKS][region] = arrays.masks
+        group[schema.VIEW_PARAMS][region] = arrays.view_params
+        group[schema.SOURCE_SIZE][region] = arrays.source_size
+        group[schema.INSTANCE_CLASSES][region] = arrays.instance_classes
+        group[schema.SAMPLE_STATUS][region] = arrays.status
 
 
 def mark_unit_done(path: Path, unit: int, bad: dict[str, str]) -> None:
     """Record a unit's skipped samples, then mark it done (in that order: a crash in between redoes the unit)."""
-    group = zarr.open_group(str(path), mode="r+")
-    if bad:
-        attributes = dict(group.attrs[schema.ATTRIBUTES_KEY])
-        attributes["bad_samples"] = {**attributes.get("bad_samples", {}), **bad}
-        group.attrs[schema.ATTRIBUTES_KEY] = attributes
-    group[schema.UNITS_DONE][unit] = 1
+    with writing(path, f"the completion record of unit {unit}"):
+        group = zarr.open_group(str(path), mode="r+")
+        if bad:
+            attributes = dict(group.attrs[schema.ATTRIBUTES_KEY])
+            attributes["bad_samples"] = {**attributes.get("bad_samples", {}), **bad}
+            write_store_attributes(group, attributes)
+        group[schema.UNITS_DONE][unit] = 1
 
 
 def directory_bytes(path: Path) -> int:

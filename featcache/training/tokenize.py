@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,7 +16,9 @@ from featcache.errors import StoreError
 from featcache.provenance import utc_now
 from featcache.runtime import autocast, resolve_device
 from featcache.store import FeatureStore
-from featcache.store.tokens import create_token_set, delete_token_set, finish_token_set, pending_token_units, write_token_unit
+from featcache.store.lock import WriterLock, token_lock_path
+from featcache.store.tokens import create_token_set, delete_token_set, finish_token_set, pending_token_units, validate_token_name, write_token_unit
+from featcache.store.writer import writing
 from featcache.training.runs import load_vq_run
 
 
@@ -52,13 +55,47 @@ def tokenize_store(
     device: str = "auto",
     show_progress: bool = True,
 ) -> TokenizeSummary:
-    """Tokenize every view of every sample; resumes an unfinished token set made by the same VQ weights."""
+    """Tokenize every view of every sample; resumes an unfinished token set made by the same VQ weights.
+
+    The name is checked before anything is read or created; the token set's lock is held from the existence
+    check to the last unit, so a second tokenize of the same name fails in one line naming the first. A token set
+    whose creation was interrupted (no attributes) is recreated, with or without ``overwrite``.
+    """
+    validate_token_name(name)
     store_path, vq_run = Path(store_path), Path(vq_run)
     target_device = resolve_device(device)
     store = FeatureStore(store_path)
     store.require_complete()
     model, config, info, weights_sha256 = load_vq_run(vq_run, target_device)
     check_run_fits_store(info, store, vq_run)
+    with WriterLock(token_lock_path(store_path, name), f"token set {name!r} of store {store_path}"):
+        pending, started = _tokenize_locked(store_path, store, vq_run, name, overwrite, model, config, info, weights_sha256,
+                                            batch_size, target_device, show_progress)
+    return TokenizeSummary(
+        store=store_path,
+        name=name,
+        units_run=len(pending),
+        units_total=store.layout.num_units,
+        seconds=time.perf_counter() - started,
+        codebook_size=config.quantizer.codebook_size,
+    )
+
+
+def _tokenize_locked(
+    store_path: Path,
+    store: FeatureStore,
+    vq_run: Path,
+    name: str,
+    overwrite: bool,
+    model: Any,
+    config: Any,
+    info: dict,
+    weights_sha256: str,
+    batch_size: int,
+    target_device: torch.device,
+    show_progress: bool,
+) -> tuple[list[int], float]:
+    """Create (or resume) the token set and write its pending units; returns (units written, start time)."""
     feature_kind = info["store"]["feature_kind"]
     if name in store.token_names():
         existing = store.token_attributes(name)
@@ -75,22 +112,23 @@ def tokenize_store(
     if name not in FeatureStore(store_path, warn_random=False).token_names():
         with torch.no_grad():
             codebook = model.quantizer.codebook.codes().float().cpu().numpy()  # (K, D) projected codes
-        create_token_set(
-            store_path,
-            name,
-            store.layout,
-            codebook,
-            {
-                "schema_version": 1,
-                "name": name,
-                **records.provenance(),
-                "completed": None,
-                "feature_kind": feature_kind,
-                "vq": {"run": str(vq_run), "weights_sha256": weights_sha256, "config": to_dict(config), "trained_on": info["store"]},
-                "codebook_size": int(codebook.shape[0]),
-                "code_dim": int(codebook.shape[1]),
-            },
-        )
+        with writing(store_path, f"the new token set {name!r}"):
+            create_token_set(
+                store_path,
+                name,
+                store.layout,
+                codebook,
+                {
+                    "schema_version": 1,
+                    "name": name,
+                    **records.provenance(),
+                    "completed": None,
+                    "feature_kind": feature_kind,
+                    "vq": {"run": str(vq_run), "weights_sha256": weights_sha256, "config": to_dict(config), "trained_on": info["store"]},
+                    "codebook_size": int(codebook.shape[0]),
+                    "code_dim": int(codebook.shape[1]),
+                },
+            )
     pending = pending_token_units(store_path, name)
     layout = store.layout
     started = time.perf_counter()
@@ -112,21 +150,16 @@ def tokenize_store(
                 indices.append(chunk_indices.cpu())
                 errors.append(chunk_errors.float().cpu())
             shape = (count, views, *layout.grid)
-            write_token_unit(
-                store_path, name, start, torch.cat(indices).numpy().reshape(shape), torch.cat(errors).numpy().reshape(shape), unit
-            )
+            with writing(store_path, f"unit {unit} of token set {name!r}"):
+                write_token_unit(
+                    store_path, name, start, torch.cat(indices).numpy().reshape(shape), torch.cat(errors).numpy().reshape(shape), unit
+                )
             done_samples += count
             progress.update(task, advance=1, rate=format_rate(done_samples, time.perf_counter() - started, "samples"))
     if not pending_token_units(store_path, name):
-        finish_token_set(store_path, name, utc_now())
-    return TokenizeSummary(
-        store=store_path,
-        name=name,
-        units_run=len(pending),
-        units_total=layout.num_units,
-        seconds=time.perf_counter() - started,
-        codebook_size=config.quantizer.codebook_size,
-    )
+        with writing(store_path, f"the completion attributes of token set {name!r}"):
+            finish_token_set(store_path, name, utc_now())
+    return pending, started
 
 
 __all__ = ["TokenizeSummary", "check_run_fits_store", "tokenize_store"]
