@@ -150,7 +150,7 @@ def test_each_training_config_keeps_its_own_defaults() -> None:
     vq, ocl = VQTrainConfig().train, OCLTrainConfig().train
     assert (vq.steps, vq.batch_size, vq.learning_rate) == (30000, 64, 2e-3)
     assert (ocl.steps, ocl.batch_size, ocl.learning_rate) == (50000, 32, 2e-4)
-    assert replace(vq, steps=0, batch_size=0, learning_rate=0) == replace(ocl, steps=0, batch_size=0, learning_rate=0)
+    assert replace(vq, steps=1, batch_size=1, learning_rate=1) == replace(ocl, steps=1, batch_size=1, learning_rate=1)
     assert (ocl.warmup_fraction, ocl.final_lr_ratio, ocl.lr_schedule, ocl.warmup_steps, ocl.lr_half_life) == (0.05, 1e-3, "cosine", None, 100000)
     assert (ocl.grad_clip, ocl.seed, ocl.data_seed, ocl.amp, ocl.log_every, ocl.checkpoint_every, ocl.loader) == (1.0, 0, None, True, 50, 1000, "auto")
     assert (OCLTrainConfig().validate_every, OCLTrainConfig().validation_images) == (1000, 64)

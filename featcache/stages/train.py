@@ -34,11 +34,11 @@ class TrainingOperation(Operation):
         raise NotImplementedError
 
     def run(self, params: Any, resume: bool = False, show_progress: bool = True) -> str:
-        from featcache.training.checkpoint import CONFIG_NAME
+        from featcache.training.checkpoint import holds_checkpoint
         from featcache.training.loop import print_result
 
         # A pipeline resumes an interrupted stage only where a checkpointed run exists; the CLI's --resume is the user's.
-        resume = params.resume or (resume and (Path(params.out) / CONFIG_NAME).is_file())
+        resume = params.resume or (resume and holds_checkpoint(Path(params.out)))
         result = self.train(params, self.typed_config(params), resume, show_progress)
         print_result(result)
         loss = result.last_row.get("loss_total")

@@ -57,6 +57,18 @@ class TrainSettings:
     loader: Literal["auto", "memory", "stream"] = "auto"
 
     def __post_init__(self) -> None:
+        # Checked where the values are read, so train-vq, train-ocl and sweeps (which build configs at spec load)
+        # refuse before any run, naming the key, instead of training on an empty batch until the loss is NaN.
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config key 'train.{key}' must be an integer of at least 1, got {value!r}")
+        for key, limit in (("learning_rate", "finite "), ("grad_clip", "")):  # grad_clip .inf: no clipping
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= (float("inf") if not limit else 1e300):
+                raise ConfigError(f"config key 'train.{key}' must be a positive {limit}number, got {value!r}")
+        if not 0.0 <= self.final_lr_ratio < float("inf"):
+            raise ConfigError(f"config key 'train.final_lr_ratio' must be a finite number of at least 0, got {self.final_lr_ratio!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"config key 'train.lr_schedule' must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
@@ -124,6 +136,12 @@ class OCLTrainConfig:
     validate_every: int = 1000
     #: Images of the centre view scored at each validation.
     validation_images: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.validate_every, bool) or not isinstance(self.validate_every, int) or self.validate_every < 0:
+            raise ConfigError(f"config key 'validate_every' must be an integer of at least 0 (0 = never), got {self.validate_every!r}")
+        if isinstance(self.validation_images, bool) or not isinstance(self.validation_images, int) or self.validation_images < 1:
+            raise ConfigError(f"config key 'validation_images' must be an integer of at least 1, got {self.validation_images!r}")
 
 
 moved_keys(OCLTrainConfig, {key: f"train.{key}" for key in (*_FLAT_TRAIN_KEYS, "data_seed")})

@@ -25,7 +25,7 @@ from featcache.decoders import DECODER_TARGETS
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.runtime import noise_generator, resolve_device
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import load_train_state, load_weights, prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, load_train_state, load_weights, prepare_run_folder
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import LoopRun, TrainedRuns, TrainResult, restore_random_state, train_runs
@@ -223,6 +223,9 @@ def train_ocl_fused_seeds(
     validation = FeatureStore(validation_store) if validation_store else store
     seeds = [config.train.seed for config in configs]
     run_info = {**ocl_run_info(store, shared, feature_kind, False, target_device), "fused_seeds": seeds}
+    if resume:
+        for run_dir in run_dirs:
+            check_resume_inputs(run_dir, run_info)
     runs = []
     for config, run_dir in zip(configs, run_dirs):
         model = build_seeded_model(config, store, target_device)

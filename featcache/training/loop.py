@@ -18,7 +18,7 @@ import torch
 from featcache.console import error_console, format_rate, progress_bar
 from featcache.errors import FeatcacheError
 from featcache.runtime import autocast
-from featcache.training.checkpoint import load_train_state, load_weights, save_checkpoint
+from featcache.training.checkpoint import Checkpoint, load_train_state, load_weights, save_checkpoints
 from featcache.training.config import TrainSettings
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.metrics_log import MetricsLog
@@ -230,11 +230,14 @@ def train_runs(
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "loader": batches.state_dict(),
         }
-        for index, run in enumerate(runs):
+        units = []
+        for index, (run, log) in enumerate(zip(runs, logs)):
             train_state = {**shared_state, "optimizer": trained.optimizer_state(index)}
             if run.noise_generator is not None:
                 train_state["noise_rng"] = run.noise_generator.get_state()
-            save_checkpoint(run.run_dir, run.model, run.config, {**run.run_info, "step": step}, train_state)
+            info = {**run.run_info, "step": step, "metrics_rows": log.rows}
+            units.append(Checkpoint(run.run_dir, run.model, run.config, info, train_state))
+        save_checkpoints(units)  # one unit: a kill or full disk leaves every run at its previous checkpoint or all at this one
 
     trained.train()
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from featcache.metrics.protocols import evaluate_masks, get_protocol
 from featcache.ocl import OCLModel, OCLOutput
 from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import TrainResult, restore, train_loop
@@ -109,6 +109,9 @@ def train_ocl(
     generator = noise_generator(config.train.seed, target_device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
     batches = ocl_batches(store, config, target_device, feature_kind, online)
+    run_info = ocl_run_info(store, config, feature_kind, online, target_device)
+    if resume:
+        check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
     start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
     end_step = config.train.steps if stop_after is None else min(config.train.steps, start_step + stop_after)
 
@@ -126,7 +129,7 @@ def train_ocl(
             device=target_device,
             run_dir=run_dir,
             config=to_dict(config),
-            run_info=ocl_run_info(store, config, feature_kind, online, target_device),
+            run_info=run_info,
             step_loss=step_loss,
             start_step=start_step,
             end_step=end_step,

@@ -19,7 +19,7 @@ from featcache.errors import ConfigError, StoreError
 from featcache.quantize import VQModel, usage_statistics_from_counts
 from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder
 from featcache.training.config import VQTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import TrainResult, restore, train_loop
@@ -62,6 +62,15 @@ def train_vq(
     batches = loader_class(
         store, train.batch_size, target_device, feature_kind, with_images, seed=train.resolved_data_seed, **loader_kwargs
     )
+    run_info = {
+        "stage": "vq",
+        **records.provenance(),
+        "store": store_summary_for_run(store, feature_kind),
+        "online": online,
+        "device": str(target_device),
+    }
+    if resume:
+        check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
     start_step = restore(run_dir, model, optimizer, batches) if resume else 0
     end_step = train.steps if stop_after is None else min(train.steps, start_step + stop_after)
     usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
@@ -80,13 +89,6 @@ def train_vq(
         usage.zero_()
         return {**statistics, **schedule}
 
-    run_info = {
-        "stage": "vq",
-        **records.provenance(),
-        "store": store_summary_for_run(store, feature_kind),
-        "online": online,
-        "device": str(target_device),
-    }
     try:
         loop = train_loop(
             model=model,
