@@ -135,7 +135,7 @@ def build_attributes(
 
 
 def open_or_create(
-    out: Path, config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec]
+    out: Path, config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec], checksums: bool = True
 ) -> StoreLayout:
     """Create the store, or check that an existing one was made from the same inputs (resume / append)."""
     layout = build_layout(config, encoder, dataset, views)
@@ -158,6 +158,7 @@ def open_or_create(
         dataset.clip_ids(),
         dataset.frame_indices(),
         compression_level=config.compression_level,
+        checksums=checksums,
     )
     return layout
 
@@ -178,8 +179,10 @@ def extract(
     decode_threads: int = 2,
     show_progress: bool = True,
     on_unit_done: Callable[[int], None] | None = None,
+    checksums: bool = True,
 ) -> ExtractSummary:
-    """Extract ``dataset`` into the store at ``out``; resumes an interrupted run of the same inputs."""
+    """Extract ``dataset`` into the store at ``out``; resumes an interrupted run of the same inputs. ``checksums``
+    (a new store's chunks end with a crc32c) is off only to measure what the checksums cost."""
     out = Path(out)
     if config.samples_per_chunk < 1 or config.batch_size < 1:
         raise FeatcacheError("samples_per_chunk and batch_size must be >= 1")
@@ -191,7 +194,7 @@ def extract(
             "the store records it and every command reading it will warn"
         )
     views = default_views(config.crops)
-    layout = open_or_create(out, config, encoder, dataset, views)
+    layout = open_or_create(out, config, encoder, dataset, views, checksums)
     pending = pending_units(out)
     started = time.perf_counter()
     if workers > 0 or scheduler:
@@ -203,7 +206,9 @@ def extract(
         )
     seconds = time.perf_counter() - started
     complete = not pending_units(out)
-    if complete and pending:
+    if complete and (pending or not read_attributes(out).get("completed")):
+        # Also when every unit was written by an earlier run that stopped before finalising (a kill right after the
+        # last unit): the completion time, compression ratio and attributes fingerprint are recorded here.
         finalize_store(out)
     return ExtractSummary(
         store=out,
