@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,14 +129,23 @@ def chunk_file(store: Path, name: str, array: zarr.Array, coords: tuple[int, ...
     return Path(store) / name / array.metadata.encode_chunk_key(coords)  # type: ignore[union-attr]
 
 
-def expected_store_chunks(group: zarr.Group, attributes: dict[str, Any]) -> Iterator[tuple[str, zarr.Array, tuple[int, ...]]]:
-    """(array name, array, chunk coords) of every chunk the completion record says was written."""
-    done = np.flatnonzero(group[schema.UNITS_DONE][:] == 1)
+def expected_store_chunks(
+    group: zarr.Group, attributes: dict[str, Any], units_done_values: np.ndarray | None = None
+) -> Iterator[tuple[str, zarr.Array, tuple[int, ...]]]:
+    """(array name, array, chunk coords) of every chunk the completion record says was written (``units_done_values``:
+    the record when the caller has read it already; reading it costs a chunk call per unit)."""
+    units_done = group[schema.UNITS_DONE]
+    done = np.flatnonzero((units_done[:] if units_done_values is None else units_done_values) == 1)
+    # In every store: the sample ids (written at creation) and the completion record's own chunks of done units.
+    ids = group[schema.SAMPLE_IDS]  # (opening an array takes milliseconds: once per array, never per chunk)
+    yield from ((schema.SAMPLE_IDS, ids, c) for c in chunk_coords(ids))  # type: ignore[arg-type]
+    yield from ((schema.UNITS_DONE, units_done, c) for c in chunk_coords(units_done, done))  # type: ignore[arg-type]
     every = bool(attributes.get("integrity", {}).get("every_chunk_written"))
     if every:
         for name in PER_SAMPLE:
             if name in group:
-                yield from ((name, group[name], c) for c in chunk_coords(group[name], done))  # type: ignore[arg-type]
+                array = group[name]
+                yield from ((name, array, c) for c in chunk_coords(array, done))  # type: ignore[arg-type]
         return
     # Older stores skipped all-fill chunks: expect only chunks that cannot be all fill.
     status = group[schema.SAMPLE_STATUS]
@@ -160,10 +170,11 @@ def expected_token_chunks(token_group: zarr.Group, name: str) -> Iterator[tuple[
 def missing_chunks(store: Path, expected: Iterator[tuple[str, zarr.Array, tuple[int, ...]]], view_names: tuple[str, ...],
                    num_samples: int) -> list[ChunkRef]:
     """The expected chunks whose files are absent (a listing: no chunk is read)."""
+    root = str(store)
     return [
         chunk_ref(array, name, coords, view_names, num_samples)
         for name, array, coords in expected
-        if not chunk_file(store, name, array, coords).is_file()
+        if not os.path.isfile(os.path.join(root, name, array.metadata.encode_chunk_key(coords)))  # type: ignore[union-attr]
     ]
 
 

@@ -130,8 +130,9 @@ class FeatureStore:
     def has_masks(self) -> bool:
         return self.layout.mask_size is not None
 
-    def completeness(self) -> Completeness:
-        done = self._whole(schema.UNITS_DONE)
+    def completeness(self, done: np.ndarray | None = None) -> Completeness:
+        """Units done and samples written (``done``: the completion record when the caller has read it already)."""
+        done = self._whole(schema.UNITS_DONE) if done is None else done
         status = self._whole(schema.SAMPLE_STATUS)
         return Completeness(
             units_done=int(done.sum()),
@@ -144,13 +145,14 @@ class FeatureStore:
     def require_complete(self) -> None:
         """Stages that read the whole split call this: a half-extracted store would bias every result. Also runs the
         cheap integrity checks (:meth:`require_intact`)."""
-        state = self.completeness()
+        done = self._whole(schema.UNITS_DONE)  # read once: a chunk call per unit
+        state = self.completeness(done)
         if not state.complete:
             raise StoreError(
                 f"store {self.path} is incomplete ({state.units_done}/{state.units_total} units); "
                 "re-run `featcache extract` with the same arguments to finish it"
             )
-        self.require_intact()
+        self.require_intact(done)
 
     # ----------------------------------------------------------------- integrity (featcache.store.integrity)
     @property
@@ -162,16 +164,17 @@ class FeatureStore:
         """Defining attributes edited since completion (see :func:`integrity.changed_attributes`)."""
         return integrity.changed_attributes(self.attributes)
 
-    def missing_chunks(self) -> list[integrity.ChunkRef]:
-        """Chunks the completion record says were written but whose files are absent (a listing, no reads)."""
-        expected = integrity.expected_store_chunks(self.group, self.attributes)
+    def missing_chunks(self, done: np.ndarray | None = None) -> list[integrity.ChunkRef]:
+        """Chunks the completion record (``done``, read here when None) says were written but whose files are absent
+        (a listing: no chunk is read)."""
+        expected = integrity.expected_store_chunks(self.group, self.attributes, done)
         return integrity.missing_chunks(self.path, expected, self.view_names, self.num_samples)
 
     def missing_token_chunks(self, name: str) -> list[integrity.ChunkRef]:
         expected = integrity.expected_token_chunks(self.group[self._token_path(name)], name)  # type: ignore[arg-type]
         return integrity.missing_chunks(self.path, expected, self.view_names, self.num_samples)
 
-    def require_intact(self) -> None:
+    def require_intact(self, done: np.ndarray | None = None) -> None:
         """The cheap checks, done whenever a store is opened for training, evaluation or tokenizing: the attributes
         that define the store are those recorded at completion, and every chunk of every written unit exists."""
         changed = self.changed_attributes()
@@ -180,7 +183,7 @@ class FeatureStore:
                 f"store {self.path}: attributes edited since completion: {'; '.join(changed)}; the features were not "
                 "made with these values: restore them or extract again"
             )
-        self._raise_missing(self.missing_chunks())
+        self._raise_missing(self.missing_chunks(done))
 
     def require_token_set(self, name: str) -> None:
         """A token set that training reads: complete, and every chunk of it on disk."""
