@@ -33,7 +33,7 @@ class Verify(Operation):
         from featcache.errors import StoreError
         from featcache.store.verify import print_verify_report, verify_store
 
-        report = verify_store(Path(params.store))
+        report = verify_store(Path(params.store), show_progress=show_progress)
         print_verify_report(report)
         problems = report.problems
         if problems:

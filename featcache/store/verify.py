@@ -7,6 +7,7 @@ checks that every token set is complete.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,13 @@ def _array_names(store: FeatureStore) -> list[str]:
     return names
 
 
-def _check_array(store: FeatureStore, name: str, expected: set[tuple[int, ...]]) -> CheckRow:
+def _check_array(store: FeatureStore, name: str, expected: set[tuple[int, ...]], advance: Callable[[], None]) -> CheckRow:
     """Read every chunk present on disk; name chunks that are missing (expected) or fail to decode."""
     array: Any = store.group[name]
     present = read = 0
     problems: list[str] = []
     for coords in integrity.chunk_coords(array):
+        advance()
         if not integrity.chunk_file(store.path, name, array, coords).is_file():
             if coords in expected:
                 problems.append(f"{integrity.chunk_ref(array, name, coords, store.view_names, store.num_samples).describe()} is missing")
@@ -78,8 +80,10 @@ def _check_array(store: FeatureStore, name: str, expected: set[tuple[int, ...]])
     return CheckRow("chunks", name, detail, problems, read)
 
 
-def verify_store(path: str | Path) -> VerifyReport:
-    """Every check featcache can make of the store at ``path``; reads every chunk."""
+def verify_store(path: str | Path, show_progress: bool = False) -> VerifyReport:
+    """Every check featcache can make of the store at ``path``; reads every chunk (a progress bar counts them)."""
+    from featcache.console import progress_bar
+
     store = FeatureStore(path, warn_random=False)
     rows: list[CheckRow] = []
     state = store.completeness()
@@ -108,8 +112,17 @@ def verify_store(path: str | Path) -> VerifyReport:
         ))
         for name, _, coords in integrity.expected_token_chunks(store.group[token_group_path(token)], token):  # type: ignore[arg-type]
             expected.setdefault(name, set()).add(tuple(coords))
-    for name in _array_names(store):
-        rows.append(_check_array(store, name, expected.get(name, set())))
+    names = _array_names(store)
+    total = 0
+    for name in names:
+        count = 1
+        for size in store.group[name].cdata_shape:  # type: ignore[union-attr]
+            count *= size
+        total += count
+    with progress_bar("chunks", disable=not show_progress) as progress:
+        task = progress.add_task("verify", total=total, rate="")
+        for name in names:
+            rows.append(_check_array(store, name, expected.get(name, set()), lambda: progress.advance(task)))
     return VerifyReport(store.path, rows)
 
 
