@@ -137,7 +137,7 @@ def build_attributes(
 
 
 def open_or_create(
-    out: Path, config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec]
+    out: Path, config: ExtractConfig, encoder: FrozenEncoder, dataset: Dataset, views: list[ViewSpec], checksums: bool = True
 ) -> StoreLayout:
     """Create the store, or check that an existing one was made from the same inputs (resume / append).
 
@@ -172,6 +172,7 @@ def open_or_create(
         dataset.clip_ids(),
         dataset.frame_indices(),
         compression_level=config.compression_level,
+        checksums=checksums,
     )
     return layout
 
@@ -192,8 +193,10 @@ def extract(
     decode_threads: int = 2,
     show_progress: bool = True,
     on_unit_done: Callable[[int], None] | None = None,
+    checksums: bool = True,
 ) -> ExtractSummary:
-    """Extract ``dataset`` into the store at ``out``; resumes an interrupted run of the same inputs."""
+    """Extract ``dataset`` into the store at ``out``; resumes an interrupted run of the same inputs. ``checksums``
+    (a new store's chunks end with a crc32c) is off only to measure what the checksums cost."""
     out = Path(out)
     if config.samples_per_chunk < 1 or config.batch_size < 1:
         raise FeatcacheError("samples_per_chunk and batch_size must be >= 1")
@@ -208,7 +211,7 @@ def extract(
                 "the store records it and every command reading it will warn"
             )
         views = default_views(config.crops)
-        layout = open_or_create(out, config, encoder, dataset, views)
+        layout = open_or_create(out, config, encoder, dataset, views, checksums)
         pending = pending_units(out)
         started = time.perf_counter()
         if workers > 0 or scheduler:
@@ -220,7 +223,8 @@ def extract(
             )
         seconds = time.perf_counter() - started
         complete = not pending_units(out)
-        # Also when a run was killed (or hit a full disk) between its last unit and finalising.
+        # Also when a run was killed (or hit a full disk) between its last unit and finalising: the completion time,
+        # compression ratio and attributes fingerprint are recorded here.
         if complete and (pending or not read_attributes(out).get("completed")):
             with writing(out, "the completion attributes"):
                 finalize_store(out)

@@ -20,11 +20,13 @@ from featcache.stages.synth import SYNTH
 from featcache.stages.tokenize import TOKENIZE
 from featcache.stages.train_ocl import TRAIN_OCL
 from featcache.stages.train_vq import TRAIN_VQ
+from featcache.stages.verify import VERIFY
 from featcache.sweeps.operations import REPORT, SWEEP
 
 #: Every operation, in the order a typical pipeline runs them (the command line lists them in this order too).
 ALL_OPERATIONS: tuple[Operation, ...] = (
-    SYNTH, EXTRACT, TRAIN_VQ, TOKENIZE, TRAIN_OCL, EVAL, ANALYZE_CODES, ANALYZE_SEPARABILITY, IMPORT_VVO, SWEEP, REPORT
+    SYNTH, EXTRACT, TRAIN_VQ, TOKENIZE, TRAIN_OCL, EVAL, ANALYZE_CODES, ANALYZE_SEPARABILITY, IMPORT_VVO, SWEEP, REPORT,
+    VERIFY,
 )
 
 STAGE_KINDS = Registry[Operation]("stage kind")

@@ -105,7 +105,10 @@ def evaluate_run(
         raise FeatcacheError(f"run {run_dir} was imported ({info['imported_from']['path']}) and trained on no featcache store: pass --store")
     store = FeatureStore(store_path or info["store"]["path"])
     target_device = resolve_device(device)
+    store.require_intact()  # cheap: attributes as recorded at completion, every written chunk on disk
     model, config, info = load_ocl_run(run_dir, store, target_device)
+    if config.tokens:
+        store.require_token_set(config.tokens)
     overridden = mask_source is not None and mask_source != config.model.mask_source
     if overridden:
         model.use_mask_source(mask_source)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import zarr
 
 from featcache.console import RandomWeightsWarning
 from featcache.errors import StoreError
-from featcache.store import schema
+from featcache.store import integrity, schema
 from featcache.store.schema import StoreLayout
 from featcache.store.tokens import CODEBOOK, INDICES, SQUARED_ERRORS, TOKEN_ATTRIBUTES_KEY, token_group_path
 from featcache.store.tokens import token_names as list_token_names
@@ -116,23 +116,24 @@ class FeatureStore:
 
     @cached_property
     def sample_ids(self) -> list[str]:
-        return [str(s) for s in self.group[schema.SAMPLE_IDS][:]]
+        return [str(s) for s in self._whole(schema.SAMPLE_IDS)]
 
     @cached_property
     def clip_ids(self) -> list[str] | None:
-        return [str(c) for c in self.group[schema.CLIP_IDS][:]] if self.layout.is_video else None
+        return [str(c) for c in self._whole(schema.CLIP_IDS)] if self.layout.is_video else None
 
     @cached_property
     def frame_indices(self) -> np.ndarray | None:
-        return self.group[schema.FRAME_INDEX][:] if self.layout.is_video else None
+        return self._whole(schema.FRAME_INDEX) if self.layout.is_video else None
 
     @property
     def has_masks(self) -> bool:
         return self.layout.mask_size is not None
 
-    def completeness(self) -> Completeness:
-        done = self.group[schema.UNITS_DONE][:]
-        status = self.group[schema.SAMPLE_STATUS][:]
+    def completeness(self, done: np.ndarray | None = None) -> Completeness:
+        """Units done and samples written (``done``: the completion record when the caller has read it already)."""
+        done = self._whole(schema.UNITS_DONE) if done is None else done
+        status = self._whole(schema.SAMPLE_STATUS)
         return Completeness(
             units_done=int(done.sum()),
             units_total=int(done.shape[0]),
@@ -142,13 +143,82 @@ class FeatureStore:
         )
 
     def require_complete(self) -> None:
-        """Stages that read the whole split call this: a half-extracted store would bias every result."""
-        state = self.completeness()
+        """Stages that read the whole split call this: a half-extracted store would bias every result. Also runs the
+        cheap integrity checks (:meth:`require_intact`)."""
+        done = self._whole(schema.UNITS_DONE)  # read once: a chunk call per unit
+        state = self.completeness(done)
         if not state.complete:
             raise StoreError(
                 f"store {self.path} is incomplete ({state.units_done}/{state.units_total} units); "
                 "re-run `featcache extract` with the same arguments to finish it"
             )
+        self.require_intact(done)
+
+    # ----------------------------------------------------------------- integrity (featcache.store.integrity)
+    @property
+    def chunk_checksums(self) -> str | None:
+        """``crc32c`` when the store's chunks carry checksums (stores written before issue 14 do not)."""
+        return self.attributes.get("integrity", {}).get("chunk_checksums")
+
+    def changed_attributes(self) -> list[str] | None:
+        """Defining attributes edited since completion (see :func:`integrity.changed_attributes`)."""
+        return integrity.changed_attributes(self.attributes)
+
+    def missing_chunks(self, done: np.ndarray | None = None) -> list[integrity.ChunkRef]:
+        """Chunks the completion record (``done``, read here when None) says were written but whose files are absent
+        (a listing: no chunk is read)."""
+        expected = integrity.expected_store_chunks(self.group, self.attributes, done)
+        return integrity.missing_chunks(self.path, expected, self.view_names, self.num_samples)
+
+    def missing_token_chunks(self, name: str) -> list[integrity.ChunkRef]:
+        expected = integrity.expected_token_chunks(self.group[self._token_path(name)], name)  # type: ignore[arg-type]
+        return integrity.missing_chunks(self.path, expected, self.view_names, self.num_samples)
+
+    def require_intact(self, done: np.ndarray | None = None) -> None:
+        """The cheap checks, done whenever a store is opened for training, evaluation or tokenizing: the attributes
+        that define the store are those recorded at completion, and every chunk of every written unit exists."""
+        changed = self.changed_attributes()
+        if changed:
+            raise StoreError(
+                f"store {self.path}: attributes edited since completion: {'; '.join(changed)}; the features were not "
+                "made with these values: restore them or extract again"
+            )
+        self._raise_missing(self.missing_chunks(done))
+
+    def require_token_set(self, name: str) -> None:
+        """A token set that training reads: complete, and every chunk of it on disk."""
+        done, total = self.token_completeness(name)
+        if done != total:
+            raise StoreError(f"token set {name!r} of {self.path} is incomplete ({done}/{total} units); re-run `featcache tokenize`")
+        self._raise_missing(self.missing_token_chunks(name))
+
+    def _raise_missing(self, missing: list[integrity.ChunkRef]) -> None:
+        if missing:
+            more = f" (and {len(missing) - 1} more chunks)" if len(missing) > 1 else ""
+            raise StoreError(
+                f"store {self.path}: {missing[0].describe()} is missing on disk{more}; the store is damaged: "
+                f"`featcache verify {self.path}` lists every problem; extract it again"
+            )
+
+    def _whole(self, name: str) -> np.ndarray:
+        """All of a small array, read through the damage check."""
+        array = self.group[name]
+        return self._decode(name, array, lambda: array[:], None, None)  # type: ignore[index]
+
+    def _decode(self, name: str, array: Any, read: Any, chunk_rows: Any, chunk_views: Any) -> np.ndarray:
+        """``read()``, turning a chunk that fails to decode (blosc, crc32c) into a one-line error naming it."""
+        try:
+            return read()
+        except Exception as error:  # decoding errors have many types (see integrity.read_chunk); others are re-raised
+            for coords in integrity.chunk_coords(array, chunk_rows, chunk_views):
+                failure = integrity.read_chunk(array, coords)
+                if failure is not None:
+                    chunk = integrity.chunk_ref(array, name, coords, self.view_names, self.num_samples)
+                    raise StoreError(
+                        f"store {self.path}: {chunk.describe()} is damaged ({integrity.damage_reason(failure)}); "
+                        f"`featcache verify {self.path}` lists every problem; extract it again"
+                    ) from None
+            raise error
 
     def bytes_on_disk(self) -> dict[str, int]:
         """Bytes on disk per array directory plus ``total``."""
@@ -158,7 +228,7 @@ class FeatureStore:
 
     def valid_indices(self) -> np.ndarray:
         """Indices of samples that were written (excludes pending and bad samples)."""
-        return np.flatnonzero(self.group[schema.SAMPLE_STATUS][:] == schema.STATUS_WRITTEN)
+        return np.flatnonzero(self._whole(schema.SAMPLE_STATUS) == schema.STATUS_WRITTEN)
 
     # ----------------------------------------------------------------- reading
     def _view_indices(self, view: ViewSelection) -> list[int] | int:
@@ -192,8 +262,24 @@ class FeatureStore:
             selection = (rows, view_index)
         else:
             selection = (rows,)
-        data = array.oindex[selection] if not isinstance(rows, slice) else array[selection]
+        data = self._decode(name, array, lambda: array.oindex[selection] if not isinstance(rows, slice) else array[selection],
+                            self._chunks_of(array, rows), self._view_chunks(selection))
         return data if inverse is None else data[inverse]
+
+    def _chunks_of(self, array: Any, rows: Any) -> list[int]:
+        """First-axis chunk indices that the row selection touches."""
+        size = array.chunks[0]
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.num_samples)
+            return list(range(start // size, -(-stop // size)))
+        return sorted({int(row) // size for row in np.asarray(rows).ravel()})
+
+    @staticmethod
+    def _view_chunks(selection: tuple[Any, ...]) -> list[int] | None:
+        if len(selection) < 2:
+            return None
+        views = selection[1]
+        return [int(views)] if isinstance(views, (int, np.integer)) else sorted({int(v) for v in views})
 
     def features(
         self, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0, kind: str | None = None
@@ -238,7 +324,7 @@ class FeatureStore:
         return self._read(schema.INSTANCE_CLASSES, indices, None, per_view=False)
 
     def sample_status(self) -> np.ndarray:
-        return self.group[schema.SAMPLE_STATUS][:]
+        return self._whole(schema.SAMPLE_STATUS)
 
     # ----------------------------------------------------------------- tokens
     def token_names(self) -> list[str]:
@@ -256,7 +342,7 @@ class FeatureStore:
         return dict(self.group[self._token_path(name)].attrs[TOKEN_ATTRIBUTES_KEY])
 
     def token_completeness(self, name: str) -> tuple[int, int]:
-        done = self.group[f"{self._token_path(name)}/{schema.UNITS_DONE}"][:]
+        done = self._whole(f"{self._token_path(name)}/{schema.UNITS_DONE}")
         return int(done.sum()), int(done.shape[0])
 
     def tokens(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
@@ -269,7 +355,7 @@ class FeatureStore:
 
     def codebook(self, name: str) -> np.ndarray:
         """The projected codebook (K, D) float32 that token indices point into."""
-        return self.group[f"{self._token_path(name)}/{CODEBOOK}"][:]
+        return self._whole(f"{self._token_path(name)}/{CODEBOOK}")
 
     def load_features(self, view: ViewSelection = None) -> np.ndarray:
         """All features in RAM, (N, V, h, w, C) float16 (or one view): for stages whose data fit in memory."""

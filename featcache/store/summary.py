@@ -54,7 +54,48 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "created": attributes["created"],
         "completed": attributes.get("completed"),
         "versions": attributes["versions"],
+        "integrity": {"chunk_checksums": store.chunk_checksums, "problems": integrity_problems(store, state.complete)},
+        "token_sets": token_sets(store),
     }
+
+
+def integrity_problems(store: FeatureStore, complete: bool) -> list[str]:
+    """What the cheap checks find (no chunk is read; `featcache verify` reads them all): edited attributes, chunk
+    files missing, a store whose units are all written but that was never finalised, token sets' missing chunks."""
+    problems = [f"attributes edited since completion: {item}" for item in store.changed_attributes() or []]
+    if complete and not store.attributes.get("completed"):
+        problems.append("every unit is written but the store was not finalised: re-run `featcache extract`")
+    missing = store.missing_chunks() + [chunk for name in store.token_names() for chunk in store.missing_token_chunks(name)]
+    problems += [f"{chunk.describe()} is missing on disk" for chunk in missing[:5]]
+    if len(missing) > 5:
+        problems.append(f"... and {len(missing) - 5} more missing chunks")
+    return problems
+
+
+def token_sets(store: FeatureStore) -> list[dict[str, Any]]:
+    """Every token set with its completeness (an unfinished `tokenize` leaves one incomplete)."""
+    listed = []
+    for name in store.token_names():
+        done, total = store.token_completeness(name)
+        attributes = store.token_attributes(name)
+        codebook = store.group[f"tokens/{name}/codebook"]
+        listed.append({
+            "name": name,
+            "units_done": done,
+            "units_total": total,
+            "completed": attributes.get("completed"),
+            "complete": done == total and bool(attributes.get("completed")),
+            "codebook_size": int(codebook.shape[0]),  # type: ignore[union-attr]
+            "vq_run": attributes.get("vq", {}).get("run"),
+        })
+    return listed
+
+
+def _integrity_text(state: dict[str, Any]) -> str:
+    checksums = f"{state['chunk_checksums']} chunk checksums" if state["chunk_checksums"] else "no chunk checksums (older store)"
+    if not state["problems"]:
+        return f"ok: attributes and chunk files checked ({checksums}; `featcache verify` reads every chunk)"
+    return f"[bold red]DAMAGED[/] ({checksums}): " + "; ".join(state["problems"])
 
 
 def print_store_summary(summary: dict[str, Any]) -> None:
@@ -87,6 +128,7 @@ def print_store_summary(summary: dict[str, Any]) -> None:
         ("bytes on disk", f"{_human_bytes(summary['bytes_on_disk']['total'])} ({_human_bytes(int(summary['bytes_per_sample']))} per sample)"),
         ("compression", f"zstd-{compression.get('clevel')} byte-shuffle, features {compression.get('feature_compression_ratio', 'n/a')}x"),
         ("created / completed", f"{summary['created']} / {summary['completed'] or '-'}"),
+        ("integrity", _integrity_text(summary["integrity"])),
         ("versions", ", ".join(f"{k} {v}" for k, v in summary["versions"].items())),
         ("schema", str(summary["schema_version"])),
     ]
@@ -99,6 +141,14 @@ def print_store_summary(summary: dict[str, Any]) -> None:
     for name, size in summary["bytes_on_disk"].items():
         arrays.add_row(name, _human_bytes(size))
     console.print(arrays)
+    if summary["token_sets"]:
+        tokens = Table(title="token sets")
+        for column in ("name", "codes", "units", "state", "VQ run"):
+            tokens.add_column(column, overflow="fold")
+        for entry in summary["token_sets"]:
+            state_text = "complete" if entry["complete"] else "[bold red]incomplete[/] (re-run `featcache tokenize`)"
+            tokens.add_row(entry["name"], str(entry["codebook_size"]), f"{entry['units_done']}/{entry['units_total']}", state_text, str(entry["vq_run"]))
+        console.print(tokens)
     for sample_id, reason in list(summary["bad_samples"].items())[:20]:
         console.print(f"[yellow]bad sample[/] {sample_id}: {reason}")
 

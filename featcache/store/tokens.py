@@ -25,7 +25,7 @@ import zarr
 from featcache.errors import StoreError
 from featcache.store import schema
 from featcache.store.schema import StoreLayout
-from featcache.store.writer import blosc_compressor
+from featcache.store.writer import chunk_codecs, integrity_attributes, small_codecs, writable
 
 TOKENS_GROUP = "tokens"
 TOKEN_ATTRIBUTES_KEY = "featcache_tokens"
@@ -85,12 +85,12 @@ def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.n
     height, width = layout.grid
     shape = (layout.num_samples, layout.num_views, height, width)
     chunks = (layout.samples_per_chunk, 1, height, width)
-    compressor = blosc_compressor(1)
-    group.create_array(INDICES, shape=shape, chunks=chunks, dtype="uint16", compressors=[compressor], fill_value=0)
-    group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=[compressor], fill_value=0)
-    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0)
-    group.create_array(CODEBOOK, data=codebook.astype(np.float32))
-    write_token_attributes(group, attributes)
+    compressors = chunk_codecs(1)  # with crc32c checksums (see featcache.store.integrity)
+    group.create_array(INDICES, shape=shape, chunks=chunks, dtype="uint16", compressors=compressors, fill_value=0)
+    group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=compressors, fill_value=0)
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs())
+    group.create_array(CODEBOOK, data=codebook.astype(np.float32), compressors=small_codecs())
+    write_token_attributes(group, {**attributes, "integrity": integrity_attributes()})
 
 
 def write_token_attributes(group: zarr.Group, attributes: dict[str, Any]) -> None:
@@ -107,8 +107,8 @@ def write_token_unit(store: Path, name: str, start: int, indices: np.ndarray, sq
     """Write one unit's indices (n, V, h, w) and errors, then mark the unit done."""
     group = zarr.open_group(str(store), mode="r+")[token_group_path(name)]
     region = slice(start, start + indices.shape[0])
-    group[INDICES][region] = indices.astype(np.uint16)
-    group[SQUARED_ERRORS][region] = squared_errors.astype(np.float16)
+    writable(group, INDICES)[region] = indices.astype(np.uint16)
+    writable(group, SQUARED_ERRORS)[region] = squared_errors.astype(np.float16)
     group[schema.UNITS_DONE][unit] = 1
 
 

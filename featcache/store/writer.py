@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from featcache.errors import StoreError
 from featcache.provenance import utc_now
 from featcache.store import schema
+from featcache.store.integrity import attributes_record
 from featcache.store.schema import StoreLayout
 
 
@@ -46,6 +47,32 @@ def blosc_compressor(level: int) -> BloscCodec:
     # Byte shuffle suits 2-byte float16 (bitshuffle measured worse); zstd level 1 measured about as fast as lz4
     # to read while lz4 did not compress float16 features at all (benchmarks/RESULTS.md).
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle")
+
+
+#: The checksum codec's name as the ``integrity`` attribute records it.
+CHECKSUM = "crc32c"
+
+
+def chunk_codecs(level: int, checksums: bool = True) -> list[Any]:
+    """Bytes-to-bytes codecs of the per-sample arrays: blosc, then (new stores) a crc32c checksum of the compressed
+    bytes, so a flipped byte reads as a checksum mismatch instead of garbage or a blosc error."""
+    return [blosc_compressor(level), Crc32cCodec()] if checksums else [blosc_compressor(level)]
+
+
+def small_codecs(checksums: bool = True) -> list[Any] | str:
+    """Codecs of the small arrays (status, ids, completion record): zarr's default zstd, plus the checksum."""
+    return [ZstdCodec(level=0), Crc32cCodec()] if checksums else "auto"
+
+
+def integrity_attributes(checksums: bool = True) -> dict[str, Any]:
+    """What a reader may rely on: chunks carry checksums, and every chunk of a written unit exists on disk (written
+    even when it equals the fill value, so a missing chunk file is damage, not an all-zero chunk zarr skipped)."""
+    return {"chunk_checksums": CHECKSUM if checksums else None, "every_chunk_written": True}
+
+
+def writable(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]`` set to write every chunk, also one equal to the fill value (see :func:`integrity_attributes`)."""
+    return group[name].with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
 
 
 def describe_os_error(error: OSError) -> str:
@@ -121,8 +148,10 @@ def create_store(
     clip_ids: list[str | None],
     frame_indices: list[int],
     compression_level: int = 1,
+    checksums: bool = True,
 ) -> None:
-    """Create an empty store with every array allocated and the static per-sample arrays filled.
+    """Create an empty store with every array allocated and the static per-sample arrays filled (``checksums``:
+    every chunk ends with a crc32c; off only to measure its cost).
 
     The store is built in a hidden sibling folder and renamed to ``path`` once its attributes are written, so a
     kill at any point leaves either no store (and a staging folder the next run removes) or a whole one.
@@ -134,7 +163,7 @@ def create_store(
     with writing(path, "the new store's arrays and attributes"):
         if staging.exists():
             shutil.rmtree(staging)  # left by a run killed while creating this store
-        _build_store(staging, layout, attributes, sample_ids, clip_ids, frame_indices, compression_level)
+        _build_store(staging, layout, attributes, sample_ids, clip_ids, frame_indices, compression_level, checksums)
         os.rename(staging, path)
 
 
@@ -146,17 +175,19 @@ def _build_store(
     clip_ids: list[str | None],
     frame_indices: list[int],
     compression_level: int,
+    checksums: bool,
 ) -> None:
     """Write the whole empty store at ``path`` (the staging folder); attributes last."""
     n, views, s = layout.num_samples, layout.num_views, layout.samples_per_chunk
     height, width = layout.grid
-    compressor = blosc_compressor(compression_level)
+    compressors = chunk_codecs(compression_level, checksums)
+    small = small_codecs(checksums)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
 
     def per_sample(name: str, shape: tuple[int, ...], dtype: str, fill: Any = 0) -> None:
         # One chunk = S samples x 1 view: a unit owns whole chunks, and a loader can read one view alone.
         chunks = (s, 1, *shape[2:]) if len(shape) > 2 else (s, *shape[1:])
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=[compressor], fill_value=fill)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressors, fill_value=fill)
 
     per_sample(schema.FEATURES, (n, views, height, width, layout.channels), "float16")
     if layout.image_size > 0:
@@ -164,20 +195,21 @@ def _build_store(
     if layout.mask_size is not None:
         per_sample(schema.MASKS, (n, views, layout.mask_size, layout.mask_size), "uint16")
     per_sample(schema.VIEW_PARAMS, (n, views, 5), "float32")
-    group.create_array(schema.SOURCE_SIZE, shape=(n, 2), chunks=(s, 2), dtype="int32", fill_value=0)
+    group.create_array(schema.SOURCE_SIZE, shape=(n, 2), chunks=(s, 2), dtype="int32", fill_value=0, compressors=small)
     group.create_array(
-        schema.INSTANCE_CLASSES, shape=(n, layout.max_instances), chunks=(s, layout.max_instances), dtype="int32", fill_value=-1
+        schema.INSTANCE_CLASSES, shape=(n, layout.max_instances), chunks=(s, layout.max_instances), dtype="int32", fill_value=-1,
+        compressors=small,
     )
-    group.create_array(schema.SAMPLE_STATUS, shape=(n,), chunks=(s,), dtype="uint8", fill_value=schema.STATUS_PENDING)
-    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0)
-    ids = group.create_array(schema.SAMPLE_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+    group.create_array(schema.SAMPLE_STATUS, shape=(n,), chunks=(s,), dtype="uint8", fill_value=schema.STATUS_PENDING, compressors=small)
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small)
+    ids = group.create_array(schema.SAMPLE_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str, compressors=small)
     ids[:] = np.array(sample_ids, dtype=object)
     if layout.is_video:
-        clips = group.create_array(schema.CLIP_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str)
+        clips = group.create_array(schema.CLIP_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str, compressors=small)
         clips[:] = np.array([c or "" for c in clip_ids], dtype=object)
-        frames = group.create_array(schema.FRAME_INDEX, shape=(n,), chunks=(max(n, 1),), dtype="int32")
+        frames = group.create_array(schema.FRAME_INDEX, shape=(n,), chunks=(max(n, 1),), dtype="int32", compressors=small)
         frames[:] = np.asarray(frame_indices, dtype=np.int32)
-    write_store_attributes(group, attributes)
+    write_store_attributes(group, {**attributes, "integrity": integrity_attributes(checksums)})
 
 
 def write_store_attributes(group: zarr.Group, attributes: dict[str, Any]) -> None:
@@ -191,15 +223,15 @@ def write_unit(path: Path, arrays: UnitArrays) -> None:
         group = zarr.open_group(str(path), mode="r+")
         stop = arrays.start + arrays.status.shape[0]
         region = slice(arrays.start, stop)
-        group[schema.FEATURES][region] = arrays.features
+        writable(group, schema.FEATURES)[region] = arrays.features
         if arrays.images is not None:
-            group[schema.IMAGES][region] = arrays.images
+            writable(group, schema.IMAGES)[region] = arrays.images
         if arrays.masks is not None:
-            group[schema.MASKS][region] = arrays.masks
-        group[schema.VIEW_PARAMS][region] = arrays.view_params
-        group[schema.SOURCE_SIZE][region] = arrays.source_size
-        group[schema.INSTANCE_CLASSES][region] = arrays.instance_classes
-        group[schema.SAMPLE_STATUS][region] = arrays.status
+            writable(group, schema.MASKS)[region] = arrays.masks
+        writable(group, schema.VIEW_PARAMS)[region] = arrays.view_params
+        writable(group, schema.SOURCE_SIZE)[region] = arrays.source_size
+        writable(group, schema.INSTANCE_CLASSES)[region] = arrays.instance_classes
+        writable(group, schema.SAMPLE_STATUS)[region] = arrays.status
 
 
 def mark_unit_done(path: Path, unit: int, bad: dict[str, str]) -> None:
@@ -223,7 +255,8 @@ def directory_bytes(path: Path) -> int:
 
 
 def finalize_store(path: Path) -> dict[str, Any]:
-    """After the last unit: record completion time and the measured feature compression ratio."""
+    """After the last unit: record completion time, the measured feature compression ratio and the fingerprint of the
+    attributes that define the store (checked whenever the store is opened for training, evaluation or tokenizing)."""
     group = zarr.open_group(str(path), mode="r+")
     features = group[schema.FEATURES]
     raw = features.nbytes
@@ -236,5 +269,6 @@ def finalize_store(path: Path) -> dict[str, Any]:
         "feature_bytes_stored": int(stored),
         "feature_compression_ratio": round(raw / stored, 4) if stored else None,
     }
+    attributes["attributes_fingerprint"] = attributes_record(attributes)
     group.attrs[schema.ATTRIBUTES_KEY] = attributes
     return attributes

@@ -61,9 +61,7 @@ class CachedBatches:
     ) -> None:
         store.require_complete()
         if token_name:
-            done, total = store.token_completeness(token_name)
-            if done != total:
-                raise StoreError(f"token set {token_name!r} of {store.path} is incomplete ({done}/{total} units); re-run `featcache tokenize`")
+            store.require_token_set(token_name)
         self.token_name = token_name or None
         if with_images and not store.has_images:
             raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (target: pixels)")
@@ -149,6 +147,7 @@ class CachedBatches:
         self._lock = threading.Condition()
         self._draws_since_refill = 0
         self._stop = False
+        self._error: BaseException | None = None
         self._unit_order: deque[int] = deque()
         self._thread = threading.Thread(target=self._prefetch, name="stream-loader", daemon=True)
         self._thread.start()
@@ -162,6 +161,15 @@ class CachedBatches:
         return valid, features, images, tokens
 
     def _prefetch(self) -> None:
+        """Keep the buffer full; a read error (a damaged chunk) is handed to the consumer instead of hanging it."""
+        try:
+            self._fill()
+        except BaseException as error:
+            with self._lock:
+                self._error = error
+                self._lock.notify_all()
+
+    def _fill(self) -> None:
         """Keep the buffer full with whole units drawn in shuffled order."""
         while not self._stop:
             with self._lock:
@@ -180,8 +188,10 @@ class CachedBatches:
 
     def _next_stream(self) -> Batch:
         with self._lock:
-            while not self._buffer:
+            while not self._buffer and self._error is None:
                 self._lock.wait()
+            if self._error is not None:
+                raise self._error
             blocks = list(self._buffer)
             # Retire the oldest unit once the buffer has given out about as many draws as it holds samples.
             held = sum(len(block[0]) for block in blocks)
