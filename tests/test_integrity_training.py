@@ -389,3 +389,25 @@ def test_a_full_disk_while_logging_loses_nothing(ocl_store: Path, vq_whole: Path
     assert read_run(run)[1]["step"] == 10
     train_vq(ocl_store, vq_config(), run, device="cpu", show_progress=False, resume=True)
     assert_same_run(run, vq_whole)
+
+
+def test_two_trainings_into_one_run_folder_do_not_both_write(ocl_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second train-ocl into the --out a first one is writing fails in one line naming the holder; the first finishes."""
+    import featcache.training.ocl as ocl_module
+    from featcache.errors import StoreError as LockError
+
+    (config,) = ocl_configs()
+    run = tmp_path / "run"
+    real = ocl_module._train_ocl
+    seen: list[str] = []
+
+    def first_run(*args: Any, **kwargs: Any) -> Any:
+        with pytest.raises(LockError) as error:  # the second writer, started while the first holds the lock
+            ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
+        seen.append(str(error.value))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ocl_module, "_train_ocl", first_run)
+    ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
+    assert len(seen) == 1 and "is being written by" in seen[0] and "\n" not in seen[0] and str(run) in seen[0]
+    assert (run / "model.safetensors").is_file() and not run.with_name("run.lock").exists()

@@ -44,6 +44,7 @@ from featcache import records
 from featcache.config import flatten_keys, from_dict, to_dict
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.provenance import file_sha256, utc_now
+from featcache.store.lock import WriterLock
 
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
@@ -425,3 +426,10 @@ def prepare_run_folder(run_dir: Path, config: Any, resume: bool) -> None:
         records.write_record(run_dir / MARKER_NAME, {"featcache_run": True, "started": utc_now()})
     except OSError as error:
         raise FeatcacheError(f"cannot start a run in {run_dir}: {error.strerror or error}") from None
+
+
+def run_lock(run_dir: Path) -> WriterLock:
+    """The writer lock of a run folder (``<run>.lock`` beside it): a second training into the same ``--out`` fails in
+    one line naming the first; a lock left by a killed run is taken over, so ``--resume`` always works."""
+    run_dir = Path(run_dir).resolve()
+    return WriterLock(run_dir.with_name(run_dir.name + ".lock"), f"run folder {run_dir}")

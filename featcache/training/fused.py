@@ -11,6 +11,7 @@ equals its separate ``train_ocl`` run up to floating-point reassociation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from featcache.decoders import DECODER_TARGETS
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.runtime import noise_generator, resolve_device
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import check_resume_inputs, load_train_state, load_weights, prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, load_train_state, load_weights, prepare_run_folder, run_lock
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import LoopRun, TrainedRuns, TrainResult, restore_random_state, train_runs
@@ -213,6 +214,23 @@ def train_ocl_fused_seeds(
     ``configs`` must differ only in ``train.seed`` and share a ``train.data_seed`` (the batch stream is shared). Each run.json
     records ``fused_seeds``; every TrainResult reports the fused wall time and the samples/s of one seed.
     """
+    with contextlib.ExitStack() as locks:
+        for run_dir in run_dirs:
+            locks.enter_context(run_lock(Path(run_dir)))  # one writer per run folder
+        return _train_ocl_fused_seeds(store_path, configs, run_dirs, device=device, resume=resume, show_progress=show_progress,
+                                      stop_after=stop_after, validation_store=validation_store)
+
+
+def _train_ocl_fused_seeds(
+    store_path: str | Path,
+    configs: list[OCLTrainConfig],
+    run_dirs: list[Path],
+    device: str = "auto",
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+    validation_store: str | Path | None = None,
+) -> list[TrainResult]:
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
     check_fusable(configs, run_dirs)
     for config, run_dir in zip(configs, run_dirs):

@@ -18,7 +18,7 @@ from featcache.metrics.protocols import evaluate_masks, get_protocol
 from featcache.ocl import OCLModel, OCLOutput
 from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder, run_lock
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import TrainResult, restore, train_loop
@@ -101,6 +101,21 @@ def train_ocl(
     Model noise (slot noise, diffusion timesteps and noise) comes from the run's own generator
     (``featcache.runtime.noise_generator(seed)``), so a fused-seed run (featcache.training.fused) equals this one.
     """
+    with run_lock(Path(out)):  # one writer per run folder
+        return _train_ocl(store_path, config, out, device=device, resume=resume, online=online, validation_store=validation_store, show_progress=show_progress, stop_after=stop_after)
+
+
+def _train_ocl(
+    store_path: str | Path,
+    config: OCLTrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    online: bool = False,
+    validation_store: str | Path | None = None,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
     run_dir = Path(out)
     prepare_run_folder(run_dir, config, resume)
     target_device = resolve_device(device)

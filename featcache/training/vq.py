@@ -19,7 +19,7 @@ from featcache.errors import ConfigError, StoreError
 from featcache.quantize import VQModel, usage_statistics_from_counts
 from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
-from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder
+from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder, run_lock
 from featcache.training.config import VQTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import TrainResult, restore, train_loop
@@ -38,6 +38,20 @@ def train_vq(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train the quantizer on ``store_path``'s features; ``stop_after`` ends early (tests, benchmarks)."""
+    with run_lock(Path(out)):  # one writer per run folder
+        return _train_vq(store_path, config, out, device=device, resume=resume, online=online, show_progress=show_progress, stop_after=stop_after)
+
+
+def _train_vq(
+    store_path: str | Path,
+    config: VQTrainConfig,
+    out: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    online: bool = False,
+    show_progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
     run_dir = Path(out)
     prepare_run_folder(run_dir, config, resume)
     target_device = resolve_device(device)
