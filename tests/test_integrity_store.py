@@ -282,3 +282,28 @@ def test_old_format_store_damage_is_still_named(old_format_store: Path, tmp_path
     message = r"array 'features' chunk c/1/0/0/0/0 \(samples 4-7, view 'center'\) is damaged \(cannot be decoded: RuntimeError: error during blosc"
     with pytest.raises(StoreError, match=message):
         FeatureStore(store_path).load_features()
+
+
+def test_a_deleted_array_metadata_is_damage_everywhere(complete_store: Path, tmp_path: Path) -> None:
+    """An array whose zarr.json is gone (the chunks alone cannot be read) is named by the cheap checks, info and verify,
+    not reported intact because no chunk of it is left to read."""
+    store = copy_of(complete_store, tmp_path)
+    (store / schema.FEATURES / "zarr.json").unlink()
+    with pytest.raises(StoreError, match=r"array 'features' is missing \(its zarr.json is gone\)") as error:
+        FeatureStore(store, warn_random=False).require_complete()
+    assert str(store) in str(error.value) and "\n" not in str(error.value)
+    assert any("array 'features' is missing" in problem for problem in store_summary(store)["integrity"]["problems"])
+    report = verify_store(store)
+    assert any("array 'features' is missing" in problem for row in report.rows for problem in row.problems)
+
+
+def test_a_token_set_missing_an_array_is_refused_and_listed(ocl_store: Path, tmp_path: Path) -> None:
+    store = copy_of(ocl_store, tmp_path)
+    reader = FeatureStore(store, warn_random=False)
+    name = reader.token_names()[0]
+    shutil.rmtree(store / "tokens" / name / "codebook")
+    with pytest.raises(StoreError, match=rf"array 'tokens/{name}/codebook' is missing"):
+        FeatureStore(store, warn_random=False).require_token_set(name)
+    summary = store_summary(store)
+    assert any(f"tokens/{name}/codebook" in problem for problem in summary["integrity"]["problems"])
+    assert any(f"tokens/{name}/codebook" in problem for row in verify_store(store).rows for problem in row.problems)

@@ -215,3 +215,34 @@ __all__ = [
     "missing_chunks",
     "read_chunk",
 ]
+
+
+#: The arrays of every token set.
+TOKEN_ARRAYS = ("indices", "squared_errors", schema.UNITS_DONE, "codebook")
+
+
+def expected_arrays(layout: Any) -> list[str]:
+    """The arrays a store of ``layout`` holds (images, masks and the video arrays only where the layout has them)."""
+    names = [schema.FEATURES, schema.VIEW_PARAMS, schema.SOURCE_SIZE, schema.INSTANCE_CLASSES, schema.SAMPLE_STATUS,
+             schema.UNITS_DONE, schema.SAMPLE_IDS]
+    if layout.image_size > 0:
+        names.append(schema.IMAGES)
+    if layout.mask_size is not None:
+        names.append(schema.MASKS)
+    if layout.is_video:
+        names += [schema.CLIP_IDS, schema.FRAME_INDEX]
+    return names
+
+
+def missing_arrays(group: zarr.Group, names: list[str], prefix: str = "") -> list[str]:
+    """Which of ``names`` (below ``prefix``) are not arrays of ``group``: their metadata (zarr.json) is gone."""
+    missing = []
+    for name in names:
+        try:
+            node = group[f"{prefix}{name}"]
+        except (KeyError, FileNotFoundError, ValueError):
+            missing.append(f"{prefix}{name}")
+            continue
+        if not isinstance(node, zarr.Array):
+            missing.append(f"{prefix}{name}")
+    return missing

@@ -183,10 +183,26 @@ class FeatureStore:
                 f"store {self.path}: attributes edited since completion: {'; '.join(changed)}; the features were not "
                 "made with these values: restore them or extract again"
             )
+        self._raise_missing_arrays(self.missing_arrays())
         self._raise_missing(self.missing_chunks(done))
+
+    def missing_arrays(self) -> list[str]:
+        """Arrays the store's layout says it holds whose metadata is gone (a deleted ``zarr.json`` or folder)."""
+        return integrity.missing_arrays(self.group, integrity.expected_arrays(self.layout))
+
+    def missing_token_arrays(self, name: str) -> list[str]:
+        return integrity.missing_arrays(self.group, list(integrity.TOKEN_ARRAYS), prefix=f"{self._token_path(name)}/")
+
+    def _raise_missing_arrays(self, missing: list[str]) -> None:
+        if missing:
+            raise StoreError(
+                f"store {self.path}: array {missing[0]!r} is missing (its zarr.json is gone){f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                f"the store is damaged: `featcache verify {self.path}` lists every problem; extract it again"
+            )
 
     def require_token_set(self, name: str) -> None:
         """A token set that training reads: complete, and every chunk of it on disk."""
+        self._raise_missing_arrays(self.missing_token_arrays(name))
         done, total = self.token_completeness(name)
         if done != total:
             raise StoreError(f"token set {name!r} of {self.path} is incomplete ({done}/{total} units); re-run `featcache tokenize`")

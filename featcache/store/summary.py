@@ -65,7 +65,12 @@ def integrity_problems(store: FeatureStore, complete: bool) -> list[str]:
     problems = [f"attributes edited since completion: {item}" for item in store.changed_attributes() or []]
     if complete and not store.attributes.get("completed"):
         problems.append("every unit is written but the store was not finalised: re-run `featcache extract`")
-    missing = store.missing_chunks() + [chunk for name in store.token_names() for chunk in store.missing_token_chunks(name)]
+    arrays = store.missing_arrays()
+    token_arrays = {name: store.missing_token_arrays(name) for name in store.token_names()}
+    problems += [f"array {name!r} is missing (its zarr.json is gone)" for name in arrays + sum(token_arrays.values(), [])]
+    if arrays:
+        return problems  # chunk checks need the arrays
+    missing = store.missing_chunks() + [chunk for name in store.token_names() if not token_arrays[name] for chunk in store.missing_token_chunks(name)]
     problems += [f"{chunk.describe()} is missing on disk" for chunk in missing[:5]]
     if len(missing) > 5:
         problems.append(f"... and {len(missing) - 5} more missing chunks")
@@ -78,14 +83,14 @@ def token_sets(store: FeatureStore) -> list[dict[str, Any]]:
     for name in store.token_names():
         done, total = store.token_completeness(name)
         attributes = store.token_attributes(name)
-        codebook = store.group[f"tokens/{name}/codebook"]
+        codebook = store.group[f"tokens/{name}/codebook"] if not store.missing_token_arrays(name) else None
         listed.append({
             "name": name,
             "units_done": done,
             "units_total": total,
             "completed": attributes.get("completed"),
             "complete": done == total and bool(attributes.get("completed")),
-            "codebook_size": int(codebook.shape[0]),  # type: ignore[union-attr]
+            "codebook_size": int(codebook.shape[0]) if codebook is not None else None,  # type: ignore[union-attr]
             "vq_run": attributes.get("vq", {}).get("run"),
         })
     return listed

@@ -100,6 +100,11 @@ def verify_store(path: str | Path, show_progress: bool = False) -> VerifyReport:
     else:
         rows.append(CheckRow("attributes", "fingerprint", "as recorded at completion" if not changed else "edited since completion",
                              [f"attributes edited since completion: {item}" for item in changed]))
+    absent = store.missing_arrays() + [array for token in store.token_names() for array in store.missing_token_arrays(token)]
+    rows.append(CheckRow("arrays", "metadata", "every array the layout and the token sets name" if not absent else f"{len(absent)} missing",
+                         [f"array {name!r} is missing (its zarr.json is gone)" for name in absent]))
+    if store.missing_arrays():
+        return VerifyReport(store.path, rows)  # the chunk checks below need the store's own arrays
     expected: dict[str, set[tuple[int, ...]]] = {}
     for name, _, coords in integrity.expected_store_chunks(store.group, store.attributes):
         expected.setdefault(name, set()).add(tuple(coords))
@@ -110,6 +115,8 @@ def verify_store(path: str | Path, show_progress: bool = False) -> VerifyReport:
             "token set", token, f"{done}/{total} units" + (", completed" if completed else ", not completed"),
             [] if done == total and completed else [f"token set {token!r} incomplete ({done}/{total} units): re-run `featcache tokenize`"],
         ))
+        if store.missing_token_arrays(token):
+            continue
         for name, _, coords in integrity.expected_token_chunks(store.group[token_group_path(token)], token):  # type: ignore[arg-type]
             expected.setdefault(name, set()).add(tuple(coords))
     names = _array_names(store)
