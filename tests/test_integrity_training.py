@@ -411,3 +411,26 @@ def test_two_trainings_into_one_run_folder_do_not_both_write(ocl_store: Path, tm
     ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
     assert len(seen) == 1 and "is being written by" in seen[0] and "\n" not in seen[0] and str(run) in seen[0]
     assert (run / "model.safetensors").is_file() and not run.with_name("run.lock").exists()
+
+
+def test_damaged_or_replaced_weights_are_refused_in_one_line(ocl_store: Path, tmp_path: Path) -> None:
+    """A flipped byte in model.safetensors (or another run's weights copied in) is caught by the sha256 run.json
+    records, before any tensor is loaded; an unreadable file is one line too, never a safetensors traceback."""
+    from featcache.training.runs import load_vq_run
+
+    run = tmp_path / "vq"
+    train_vq(ocl_store, vq_config(steps=4), run, device="cpu", show_progress=False)
+    load_vq_run(run, torch.device("cpu"))  # intact: loads
+    weights = run / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FeatcacheError, match=r"model.safetensors is not the weights run.json records") as error:
+        load_vq_run(run, torch.device("cpu"))
+    assert "\n" not in str(error.value)
+    weights.write_bytes(b"not a safetensors file")
+    info = json.loads((run / "run.json").read_text())
+    info.pop("weights_sha256")  # a folder that recorded no checksum: the read itself must fail in one line
+    (run / "run.json").write_text(json.dumps(info))
+    with pytest.raises(FeatcacheError, match=r"is not a readable safetensors file"):
+        load_vq_run(run, torch.device("cpu"))

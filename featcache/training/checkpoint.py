@@ -277,13 +277,24 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_weights(run_dir: Path, model: torch.nn.Module) -> str:
     """Load the run's weights into ``model`` strictly; returns the weights file's sha256."""
     path = Path(run_dir) / WEIGHTS_NAME
-    state = load_file(str(path))
+    sha256 = file_sha256(path)
+    info = records.read_record(Path(run_dir) / RUN_NAME) or {}
+    recorded = info.get("weights_sha256")
+    if recorded and recorded != sha256:
+        raise FeatcacheError(
+            f"{path} is not the weights {RUN_NAME} records (sha256 {sha256[:12]}..., recorded {recorded[:12]}...): the file was damaged "
+            "or replaced; restore the run folder from a copy or train again"
+        )
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise FeatcacheError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]}); restore the run folder or train again") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FeatcacheError(
             f"{path} does not fit the model of its config.yaml: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
         )
-    return file_sha256(path)
+    return sha256
 
 
 def _torn(run_dir: Path, what: str) -> FeatcacheError:
