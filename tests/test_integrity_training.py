@@ -434,3 +434,14 @@ def test_damaged_or_replaced_weights_are_refused_in_one_line(ocl_store: Path, tm
     (run / "run.json").write_text(json.dumps(info))
     with pytest.raises(FeatcacheError, match=r"is not a readable safetensors file"):
         load_vq_run(run, torch.device("cpu"))
+
+
+def test_an_edited_config_that_no_longer_fits_the_weights_is_one_line(ocl_store: Path, tmp_path: Path) -> None:
+    from featcache.training.runs import load_vq_run
+
+    run = tmp_path / "vq"
+    train_vq(ocl_store, vq_config(steps=4), run, device="cpu", show_progress=False)
+    (run / "config.yaml").write_text(yaml.safe_dump({"quantizer": {"codebook_size": 32}}))
+    with pytest.raises(FeatcacheError, match=r"does not fit the model of its config.yaml \(was it edited\?\): size mismatch") as error:
+        load_vq_run(run, torch.device("cpu"))
+    assert "\n" not in str(error.value)

@@ -289,7 +289,11 @@ def load_weights(run_dir: Path, model: torch.nn.Module) -> str:
         state = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for a damaged file
         raise FeatcacheError(f"{path} is not a readable safetensors file ({str(error).splitlines()[0]}); restore the run folder or train again") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches: the config no longer describes these weights
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise FeatcacheError(f"{path} does not fit the model of its {CONFIG_NAME} (was it edited?): {first}") from None
     if missing or unexpected:
         raise FeatcacheError(
             f"{path} does not fit the model of its config.yaml: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
