@@ -48,10 +48,16 @@ def provenance(**extra: Any) -> dict[str, Any]:
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     """Write ``record`` as JSON atomically (a temporary file renamed over ``path``): a kill leaves the old or the new."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-    os.replace(temporary, path)
+    text = json.dumps(record, indent=2, default=_json_default) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:  # a full disk, a read-only folder: the old record (if any) is still whole
+        if temporary.parent.is_dir():
+            temporary.unlink(missing_ok=True)
+        raise FeatcacheError(f"cannot write {path}: {error.strerror or error}; free space or fix the folder, then run the same command again") from None
     return path
 
 
