@@ -360,3 +360,52 @@ def test_cli_extract_on_a_full_disk_is_one_line_naming_the_store(
     )
     assert code == 2 and len(error_lines(err)) == 1
     assert f"writing unit 0 of store {out} failed: [Errno 28] No space left on device" in " ".join(err.split())
+
+
+# ----------------------------------------------------------------------------- misuse found by probing
+def test_one_sweep_and_one_pipeline_per_folder(tmp_path: Path) -> None:
+    """A second sweep into a sweep folder (or a second run of a pipeline workdir) fails in one line naming the first."""
+    from featcache.pipelines import load_pipeline, run_pipeline
+    from featcache.sweeps import load_sweep_spec, run_sweep
+
+    root = Path(__file__).resolve().parent.parent
+    spec = load_sweep_spec(root / "configs" / "ablations" / "decoders-tiny.yaml", ["store=somewhere.zarr"])
+    out = tmp_path / "sweep"
+    with WriterLock(out.with_name("sweep.lock"), "a sweep already running"):
+        with pytest.raises(StoreError, match=r"sweep folder .*sweep is being written by .*lock file") as error:
+            run_sweep(spec, out=out, device="cpu", show_progress=False)
+    assert "\n" not in str(error.value) and not out.exists()
+    (tmp_path / "p.yaml").write_text("name: p\nstages:\n  - {name: synth, kind: synth, params: {images: 2, size: 32}}\n")
+    pipeline = load_pipeline(tmp_path / "p.yaml", workdir=tmp_path / "work")
+    with WriterLock(tmp_path / "work.lock", "a pipeline already running"):
+        with pytest.raises(StoreError, match=r"pipeline workdir .*work is being written by"):
+            run_pipeline(pipeline, show_progress=False)
+    assert run_pipeline(pipeline, show_progress=False).error is None and not (tmp_path / "work.lock").exists()
+
+
+def test_a_run_folder_inside_a_store_is_refused_before_anything_is_written(ocl_store: Path, tmp_path: Path) -> None:
+    from featcache.config import load_config
+    from featcache.errors import FeatcacheError
+    from featcache.training.config import OCLTrainConfig
+    from featcache.training.ocl import train_ocl
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(ocl_store, store)
+    before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
+    config = load_config(OCLTrainConfig, [Path(__file__).resolve().parent.parent / "configs" / "ocl" / "dinosaur-mlp.yaml"])
+    for out in (store, store / "features" / "run"):
+        with pytest.raises(FeatcacheError, match=r"--out .* (is|is inside) the zarr store .*; a run folder must lie outside stores"):
+            train_ocl(store, config, out, device="cpu", show_progress=False)
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
+
+
+def test_negative_counts_are_refused_not_reinterpreted(shapes_dir: Path, ocl_store: Path, tmp_path: Path) -> None:
+    """`eval --limit -1` once scored all images but the last; `extract --workers -1` ran serially."""
+    from featcache.errors import FeatcacheError
+    from featcache.stages.evaluate import evaluate_run
+
+    with pytest.raises(FeatcacheError, match=r"--workers must be 0 .* got -1"):
+        extract(open_dataset(str(shapes_dir)), tmp_path / "x.zarr", ExtractConfig(), workers=-1, show_progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+    with pytest.raises(FeatcacheError, match=r"limit is -1; expected a positive number"):
+        evaluate_run(tmp_path / "no-run-needed", ocl_store, limit=-1, show_progress=False)

@@ -197,6 +197,10 @@ def extract(
 ) -> ExtractSummary:
     """Extract ``dataset`` into the store at ``out``; resumes an interrupted run of the same inputs. ``checksums``
     (a new store's chunks end with a crc32c) is off only to measure what the checksums cost."""
+    if workers < 0:
+        raise FeatcacheError(f"--workers must be 0 (this process) or more (a local dask cluster), got {workers}")
+    if decode_threads < 1:
+        raise FeatcacheError(f"--decode-threads must be at least 1, got {decode_threads}")
     out = Path(out)
     if config.samples_per_chunk < 1 or config.batch_size < 1:
         raise FeatcacheError("samples_per_chunk and batch_size must be >= 1")

@@ -29,6 +29,7 @@ from featcache.errors import FeatcacheError
 from featcache.pipelines.kinds import file_hashes
 from featcache.pipelines.spec import Pipeline, StageSpec, load_pipeline, shipped_pipeline
 from featcache.provenance import file_sha256, library_versions, utc_now
+from featcache.store.lock import WriterLock
 
 RECORDS_FOLDER = ".stages"
 STATUS_FILE = "pipeline.json"
@@ -172,7 +173,16 @@ def _set_aside(paths: tuple[str, ...], stage: str) -> None:
 
 
 def run_pipeline(pipeline: Pipeline, force: Iterable[str] = (), dry_run: bool = False, show_progress: bool = True) -> PipelineResult:
-    """Run the stages that are not done, in order; stops at the first failing stage (its error in ``result.error``)."""
+    """Run the stages that are not done, in order; stops at the first failing stage (its error in ``result.error``).
+    One run of a workdir at a time: ``<workdir>.lock`` names the holder to a second one."""
+    if dry_run:
+        return _run_pipeline(pipeline, force, dry_run, show_progress)
+    pipeline.workdir.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(pipeline.workdir.with_name(pipeline.workdir.name + ".lock"), f"pipeline workdir {pipeline.workdir}"):
+        return _run_pipeline(pipeline, force, dry_run, show_progress)
+
+
+def _run_pipeline(pipeline: Pipeline, force: Iterable[str], dry_run: bool, show_progress: bool) -> PipelineResult:
     plans = plan_pipeline(pipeline, force)
     stage_fingerprints = {plan.stage.name: plan.fingerprint for plan in plans}
     result = PipelineResult(pipeline, dry_run=dry_run)

@@ -99,6 +99,8 @@ def evaluate_run(
     from featcache.training.checkpoint import read_run
     from featcache.training.runs import evaluation_generator, load_ocl_run
 
+    if limit is not None and limit < 1:
+        raise FeatcacheError(f"limit is {limit}; expected a positive number of images or None for all")
     run_dir = Path(run_dir)
     _, info = read_run(run_dir)
     if store_path is None and info["store"]["path"] is None:

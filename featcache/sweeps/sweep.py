@@ -22,6 +22,7 @@ from featcache.metrics.protocols import get_protocol
 from featcache.provenance import utc_now
 from featcache.runtime import resolve_device
 from featcache.store import FeatureStore
+from featcache.store.lock import WriterLock
 from featcache.store.summary import store_summary
 from featcache.sweeps.execute import RunTask, dask_client, execute_dask, execute_serial, is_finished, workers_with_gpus
 from featcache.sweeps.results import summarise, write_results
@@ -150,6 +151,24 @@ def run_sweep(
     existing cluster (its workers must see the stores and ``out`` at the same paths). ``gpu_fraction``
     (default: the spec's) is the share of a GPU one run takes there.
     """
+    out_dir = Path(out) if out is not None else Path("runs") / "sweeps" / spec.name
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(out_dir.resolve().with_name(out_dir.name + ".lock"), f"sweep folder {out_dir}"):  # one sweep per folder
+        return _run_sweep(spec, out_dir, seeds=seeds, workers=workers, scheduler=scheduler, fuse_seeds=fuse_seeds, online=online, device=device, gpu_fraction=gpu_fraction, show_progress=show_progress)
+
+
+def _run_sweep(
+    spec: SweepSpec,
+    out: Path | None = None,
+    seeds: int | list[int] | None = None,
+    workers: int = 0,
+    scheduler: str | None = None,
+    fuse_seeds: bool = False,
+    online: bool = False,
+    device: str = "auto",
+    gpu_fraction: float | None = None,
+    show_progress: bool = True,
+) -> SweepResult:
     if workers < 0:
         raise ConfigError(f"--workers must be 0 (serial) or more, got {workers}")
     if workers and scheduler:
@@ -172,7 +191,7 @@ def run_sweep(
             raise ConfigError("--fuse-seeds trains from the cache: it cannot be combined with --online")
     store, val = check_inputs(spec, runs, online)
 
-    out_dir = Path(out) if out is not None else Path("runs") / "sweeps" / spec.name
+    out_dir = Path(out)  # chosen (default runs/sweeps/<name>) and locked by run_sweep
     tasks = [
         RunTask(
             store=str(store.path.resolve()),

@@ -422,6 +422,10 @@ def prepare_run_folder(run_dir: Path, config: Any, resume: bool) -> None:
     must be the saved one. Starting: refuse a folder that holds a run, or files a run would write over (metrics.jsonl,
     ...) that no featcache run started there wrote; then mark the folder as this run's."""
     run_dir = Path(run_dir)
+    for folder in (run_dir.resolve(), *run_dir.resolve().parents):
+        if any((folder / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")):
+            raise FeatcacheError(f"--out {run_dir} is {'' if folder == run_dir.resolve() else 'inside '}the zarr store {folder}; a run folder "
+                                 "must lie outside stores (training would write into the store)")
     if run_dir.is_dir():
         recover_checkpoint(run_dir, writer=True)
     if resume:
