@@ -308,3 +308,18 @@ def test_a_token_set_missing_an_array_is_refused_and_listed(ocl_store: Path, tmp
     summary = store_summary(store)
     assert any(f"tokens/{name}/codebook" in problem for problem in summary["integrity"]["problems"])
     assert any(f"tokens/{name}/codebook" in problem for row in verify_store(store).rows for problem in row.problems)
+
+
+def test_edited_token_set_attributes_are_named(ocl_store: Path, tmp_path: Path) -> None:
+    """A token set records what it was made from at completion; an edit (another VQ checksum) is refused by training,
+    shown by info and listed by verify."""
+    store = copy_of(ocl_store, tmp_path)
+    name = FeatureStore(store, warn_random=False).token_names()[0]
+    metadata_path = store / "tokens" / name / "zarr.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["attributes"]["featcache_tokens"]["vq"]["weights_sha256"] = "0" * 64
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(StoreError, match=rf"token set '{name}': attributes edited since it was completed: vq.weights_sha256 \(recorded"):
+        FeatureStore(store, warn_random=False).require_token_set(name)
+    assert any("vq.weights_sha256" in problem for problem in store_summary(store)["integrity"]["problems"])
+    assert any("vq.weights_sha256" in problem for row in verify_store(store).rows for problem in row.problems)

@@ -55,14 +55,19 @@ def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     yield prefix.rstrip("."), data if len(text) <= _LONGEST_VALUE else f"sha256:{records.fingerprint(data)[:16]}"
 
 
-def defining_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {key: attributes.get(key) for key in DEFINING_KEYS}
+def defining_attributes(attributes: dict[str, Any], keys: tuple[str, ...] = DEFINING_KEYS) -> dict[str, Any]:
+    return {key: attributes.get(key) for key in keys}
 
 
-def attributes_record(attributes: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint of the defining attributes and each field's value (long ones by hash), stored at completion."""
-    defining = defining_attributes(attributes)
-    return {"sha256": records.fingerprint(defining), "keys": list(DEFINING_KEYS), "values": dict(_leaves(defining))}
+def attributes_record(attributes: dict[str, Any], keys: tuple[str, ...] = DEFINING_KEYS) -> dict[str, Any]:
+    """The fingerprint of the defining attributes (``keys``) and each field's value (long ones by hash), stored at completion."""
+    defining = defining_attributes(attributes, keys)
+    return {"sha256": records.fingerprint(defining), "keys": list(keys), "values": dict(_leaves(defining))}
+
+
+def token_defining_keys(attributes: dict[str, Any]) -> tuple[str, ...]:
+    """A token set is defined by all its attributes but the completion time and the record itself."""
+    return tuple(sorted(key for key in attributes if key not in ("completed", FINGERPRINT_KEY)))
 
 
 def changed_attributes(attributes: dict[str, Any]) -> list[str] | None:

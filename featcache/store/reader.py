@@ -203,6 +203,12 @@ class FeatureStore:
     def require_token_set(self, name: str) -> None:
         """A token set that training reads: complete, and every chunk of it on disk."""
         self._raise_missing_arrays(self.missing_token_arrays(name))
+        changed = integrity.changed_attributes(self.token_attributes(name))
+        if changed:
+            raise StoreError(
+                f"store {self.path}: token set {name!r}: attributes edited since it was completed: {'; '.join(changed)}; "
+                "run `featcache tokenize --overwrite` again"
+            )
         done, total = self.token_completeness(name)
         if done != total:
             raise StoreError(f"token set {name!r} of {self.path} is incomplete ({done}/{total} units); re-run `featcache tokenize`")

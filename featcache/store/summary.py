@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from featcache.console import console
+from featcache.store import integrity
 from featcache.store.reader import FeatureStore
 
 
@@ -65,6 +66,9 @@ def integrity_problems(store: FeatureStore, complete: bool) -> list[str]:
     problems = [f"attributes edited since completion: {item}" for item in store.changed_attributes() or []]
     if complete and not store.attributes.get("completed"):
         problems.append("every unit is written but the store was not finalised: re-run `featcache extract`")
+    for name in store.token_names():
+        problems += [f"token set {name!r}: attributes edited since it was completed: {item}"
+                     for item in integrity.changed_attributes(store.token_attributes(name)) or []]
     arrays = store.missing_arrays()
     token_arrays = {name: store.missing_token_arrays(name) for name in store.token_names()}
     problems += [f"array {name!r} is missing (its zarr.json is gone)" for name in arrays + sum(token_arrays.values(), [])]

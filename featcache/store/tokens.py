@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from featcache.errors import StoreError
-from featcache.store import schema
+from featcache.store import integrity, schema
 from featcache.store.schema import StoreLayout
 from featcache.store.writer import chunk_codecs, integrity_attributes, small_codecs, writable
 
@@ -122,4 +122,6 @@ def finish_token_set(store: Path, name: str, completed: str) -> None:
     group = zarr.open_group(str(store), mode="r+")[token_group_path(name)]
     attributes = dict(group.attrs[TOKEN_ATTRIBUTES_KEY])
     attributes["completed"] = completed
+    # What tokens were made from (VQ weights, store), checked whenever training reads them (featcache.store.integrity).
+    attributes[integrity.FINGERPRINT_KEY] = integrity.attributes_record(attributes, integrity.token_defining_keys(attributes))
     group.attrs[TOKEN_ATTRIBUTES_KEY] = attributes

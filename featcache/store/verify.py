@@ -113,7 +113,9 @@ def verify_store(path: str | Path, show_progress: bool = False) -> VerifyReport:
         completed = store.token_attributes(token).get("completed")
         rows.append(CheckRow(
             "token set", token, f"{done}/{total} units" + (", completed" if completed else ", not completed"),
-            [] if done == total and completed else [f"token set {token!r} incomplete ({done}/{total} units): re-run `featcache tokenize`"],
+            ([] if done == total and completed else [f"token set {token!r} incomplete ({done}/{total} units): re-run `featcache tokenize`"])
+            + [f"token set {token!r}: attributes edited since it was completed: {item}"
+               for item in integrity.changed_attributes(store.token_attributes(token)) or []],
         ))
         if store.missing_token_arrays(token):
             continue
