@@ -136,3 +136,12 @@ def test_config_options_are_a_shorthand_for_set(tmp_path: Path) -> None:
     shorthand = _cli_params(extract, {**values, **{f"config__{k}": None for k in extract.config_options}, "config__vfm": "sam2-t16"})
     explicit = extract.make_params({"data": "d", "out": "o", "set": {"vfm": "sam2-t16", "weights": "random"}})
     assert extract.typed_config(shorthand) == extract.typed_config(explicit)
+
+
+def test_choices_a_pipeline_or_sweep_makes_itself_are_refused_in_their_files(tmp_path: Path) -> None:
+    from featcache.sweeps.spec import load_sweep_spec
+
+    with pytest.raises(ConfigError, match=r"param 'resume' is a command-line choice; a pipeline decides it itself"):
+        load_pipeline(ROOT / "pipelines/shapes.yaml", ["train-vq.resume=true"], tmp_path)
+    with pytest.raises(ConfigError, match=r"eval.run is set by the sweep for every run"):
+        load_sweep_spec(ROOT / "configs/ablations/decoders-tiny.yaml", ["store=s.zarr", "eval.run=elsewhere"])
