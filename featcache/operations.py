@@ -17,7 +17,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from featcache.config import load_config, merge, nest_keys, parse_overrides, to_dict
+from featcache.config import flatten_keys, load_config, merge, nest_keys, parse_overrides, to_dict
 from featcache.errors import ConfigError
 from featcache.registry import Registry
 
@@ -95,18 +95,9 @@ def overrides_mapping(value: Any) -> dict[str, Any]:
     if not value:
         return {}
     if isinstance(value, dict):
-        return nest_keys(_flatten(value))
+        return nest_keys(flatten_keys(value))
     return parse_overrides([str(item) for item in value])
 
-
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class Operation:
