@@ -152,3 +152,29 @@ def test_halves_and_switches_shapes() -> None:
         _config(code_dim=3, combine="halves")
     with pytest.raises(ConfigError, match="combine"):
         _config(combine="concat")
+
+
+def test_training_gradients_equal_official() -> None:
+    """One seeded training pass, a fixed loss (weighted losses + a projection of every decoder input): same grads."""
+    quantizer, tensors, info = build()
+    quantizer.train()
+    spec = info["cases"]["train"]
+    features = features_of(tensors).requires_grad_(True)
+    generator = torch.Generator().manual_seed(spec["seed"])
+    output = quantizer(features, progress=spec["progress"], training_noise=True, generator=generator)
+    loss = sum(
+        terms["alignment"]
+        + 0.25 * terms["commitment"]
+        + 0.1 * terms["normalisation"]
+        + (decoder_input * tensors["input"][f"train.upstream.{i}"]).mean()
+        for i, (terms, decoder_input) in enumerate(zip(output.losses_per_scale, output.decoder_input))
+    )
+    assert_close(loss.reshape(1), tensors["output"]["train.fixed_loss"], what="fixed loss")
+    loss.backward()
+    parameters = dict(quantizer.named_parameters())
+    key_map = msf_key_map(tensors["weights"])
+    official = {key: grad for key, grad in tensors["grad"].items() if key != "features"}
+    assert set(official) == {key for key, target in key_map.items() if target in parameters}
+    for key, grad in official.items():
+        assert_close(parameters[key_map[key]].grad, grad, what=f"grad {key}")
+    assert_close(features.grad.permute(0, 3, 1, 2), tensors["grad"]["features"], what="grad features")
