@@ -3,7 +3,9 @@
 Fixture ``msf_vq``: the official module at small widths (12 feature channels, 8x8 grid, 3 levels, code_dim 8,
 shared codebook 16 codes, specified 16/8/4, template dimension 1024), with VVO's feature-encoder layout and an
 identity decoder so that its forward returns every level; evaluation mode (alpha 0 and 0.5) and training mode
-with Gumbel noise (progress 0.3; level-choice temperature 0 and 0.5), the noise drawn from a fixed seed. Also unit tests of
+with Gumbel noise (progress 0.3; level-choice temperature 0 and 0.5), the noise drawn from a fixed seed, and
+one training step's gradients. ``msf_vq_pinv``: the same with the official pseudo-inverse projection
+(``LinearPinv``, encoder dim 4, code dim 8, template dimension 64). Also unit tests of
 the fusion rule on hand-made cases.
 """
 
@@ -19,12 +21,13 @@ from featcache.interop.msf import map_msf, msf_key_map, official_msf_config
 from featcache.quantize.msf import MSFQuantizer, MSFQuantizerConfig, align_to, feature_pyramid, fuse_shared
 from tests.parity import assert_close, fixture_config, load_fixture
 
+FIXTURES = ["msf_vq", "msf_vq_pinv"]
 CASES = ["eval", "eval_residual", "train", "train_tau"]
 LOSS_NAMES = {"align": ("alignment", 1.0), "commit": ("commitment", 0.25), "norm_e": ("normalisation", 0.1)}
 
 
-def build(config: MSFQuantizerConfig | None = None) -> tuple[MSFQuantizer, dict, dict]:
-    tensors, metadata = load_fixture("msf_vq")
+def build(config: MSFQuantizerConfig | None = None, name: str = "msf_vq") -> tuple[MSFQuantizer, dict, dict]:
+    tensors, metadata = load_fixture(name)
     info = fixture_config(metadata)
     quantizer = MSFQuantizer(config or official_msf_config(tensors["weights"]), info["feature_channels"])
     quantizer.load_state_dict(map_msf(tensors["weights"]), strict=True)
@@ -40,9 +43,10 @@ def progress_for(alpha: float) -> float:
     return 0.5 if alpha == 0 else float(torch.arccos(torch.tensor(2 * alpha - 1.0)) / torch.pi) * 0.5
 
 
+@pytest.mark.parametrize("name", FIXTURES)
 @pytest.mark.parametrize("case", CASES)
-def test_msf_forward_equals_official(case: str) -> None:
-    quantizer, tensors, info = build()
+def test_msf_forward_equals_official(name: str, case: str) -> None:
+    quantizer, tensors, info = build(name=name)
     spec = info["cases"][case]
     if spec["tau"]:
         quantizer.config = replace(quantizer.config, fusion_temperature=spec["tau"])
@@ -83,6 +87,10 @@ def test_mapping_gives_the_config_and_rejects_bad_keys() -> None:
     config = official_msf_config(tensors["weights"])
     assert (config.codebook_size, config.code_dim, config.num_scales, config.specified_sizes()) == (16, 8, 3, [16, 8, 4])
     assert msf_key_map(tensors["weights"])["quant.2.project.weight"] == "specified.1.projection.weight"
+    assert config.encoder_dim == 0
+    pinv, _ = load_fixture("msf_vq_pinv")
+    assert (official_msf_config(pinv["weights"]).encoder_dim, official_msf_config(pinv["weights"]).code_dim) == (4, 8)
+    assert msf_key_map(pinv["weights"])["project.weight"] == "projection.weight"
     with pytest.raises(FeatcacheError, match="unexpected keys extra"):
         map_msf({**tensors["weights"], "extra": torch.zeros(1)})
 
@@ -139,14 +147,16 @@ def test_pyramid_and_alignment_ops() -> None:
 
 def test_halves_and_switches_shapes() -> None:
     features = torch.randn(2, 4, 4, 6, generator=torch.Generator().manual_seed(0))
-    for kwargs, groups in (({}, 2), ({"combine": "halves"}, 2), ({"specified_codebooks": False}, 1)):
+    cases = (({}, 2, 4), ({"combine": "halves"}, 2, 4), ({"specified_codebooks": False}, 1, 4), ({"encoder_dim": 3}, 2, 3))
+    for kwargs, groups, channels in cases:
         config = _config(codebook_size=8, code_dim=4, encoder_layers=1, num_scales=3, **kwargs)
         quantizer = MSFQuantizer(config, feature_channels=6)
         output = quantizer(features, progress=0.3, training_noise=True, generator=torch.Generator().manual_seed(1))
         assert [tuple(i.shape) for i in output.indices] == [(2, groups, 4, 4), (2, groups, 2, 2), (2, groups, 1, 1)]
-        assert [tuple(q.shape) for q in output.decoder_input] == [(2, 4, 4, 4), (2, 4, 2, 2), (2, 4, 1, 1)]
+        assert [tuple(q.shape) for q in output.quantized] == [(2, 4, 4, 4), (2, 4, 2, 2), (2, 4, 1, 1)]
+        assert [tuple(q.shape) for q in output.decoder_input] == [(2, channels, 4, 4), (2, channels, 2, 2), (2, channels, 1, 1)]
         indices, _ = quantizer.tokenize(features)
-        assert tuple(quantizer.lookup(indices).shape) == (2, 4, 4, 4)
+        assert tuple(quantizer.lookup(indices).shape) == (2, channels, 4, 4)
         sum(output.losses.values()).backward()
     with pytest.raises(ConfigError, match="even code_dim"):
         _config(code_dim=3, combine="halves")
@@ -154,9 +164,10 @@ def test_halves_and_switches_shapes() -> None:
         _config(combine="concat")
 
 
-def test_training_gradients_equal_official() -> None:
+@pytest.mark.parametrize("name", FIXTURES)
+def test_training_gradients_equal_official(name: str) -> None:
     """One seeded training pass, a fixed loss (weighted losses + a projection of every decoder input): same grads."""
-    quantizer, tensors, info = build()
+    quantizer, tensors, info = build(name=name)
     quantizer.train()
     spec = info["cases"]["train"]
     features = features_of(tensors).requires_grad_(True)

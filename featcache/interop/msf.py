@@ -3,7 +3,7 @@
 Official layout: ``encode.*`` (featcache tests use VVO's feature-encoder layout: CNN ``encode.0``, GroupNorm
 ``encode.1``, Conv1x1 ``encode.2``), ``quant.0`` the shared ``QuantiZ`` and ``quant.{1+i}`` level i's specified
 one, each with frozen templates ``codebook.weight`` and the projection ``project``. The official msf configs
-use ``project=None`` (no pseudo-inverse projection) and quantize the full code vector with both codebooks,
+use ``project=None`` (no pseudo-inverse projection; ``project.*``, a ``LinearPinv``, maps to ``projection.*``) and quantize the full code vector with both codebooks,
 averaging the two (featcache ``combine: average``).
 """
 
@@ -20,6 +20,7 @@ from featcache.interop.vvo_vq import OFFICIAL_QUANTIZER_OPTIONS, quantizer_key_m
 from featcache.quantize.msf import MSFQuantizerConfig
 
 _QUANT_KEY = re.compile(r"^quant\.(\d+)\.(codebook\.weight|project\.weight|project\.bias)$")
+_PROJECT = {"project.weight": "projection.weight", "project.bias": "projection.bias"}
 _QUANT_TARGET = {"codebook.weight": "templates", "project.weight": "projection.weight", "project.bias": "projection.bias"}
 
 
@@ -29,7 +30,7 @@ def msf_key_map(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     levels = sorted({int(match.group(1)) for match in quant_keys.values()})
     if not levels or levels != list(range(len(levels))) or len(levels) < 2:
         raise FeatcacheError(f"MSF weights need quant.0 (shared) and quant.1.. (specified), got levels {levels}")
-    unexpected = [k for k in state if k not in quant_keys and not k.startswith(("encode.", "decode."))]
+    unexpected = [k for k in state if k not in quant_keys and k not in _PROJECT and not k.startswith(("encode.", "decode."))]
     if unexpected:
         raise FeatcacheError(f"MSF quantizer weights have unexpected keys {', '.join(sorted(unexpected))}")
     # The encoder keys follow VVO's layout: map them with VVO's mapping (quant.0 stands in for its codebook).
@@ -40,6 +41,7 @@ def msf_key_map(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
         level, name = int(match.group(1)), match.group(2)
         prefix = "shared" if level == 0 else f"specified.{level - 1}"
         key_map[key] = f"{prefix}.{_QUANT_TARGET[name]}"
+    key_map.update({key: target for key, target in _PROJECT.items() if key in state})
     return key_map
 
 
@@ -69,6 +71,7 @@ def official_msf_config(state: Mapping[str, torch.Tensor], **overrides: object) 
         specified_codebook_size=sizes[0],
         specified_size_halving=sizes == halving and num_scales > 1 and sizes[0] != sizes[-1],
         combine="average",
+        encoder_dim=int(state["project.weight"].shape[0]) if "project.weight" in state else 0,
         pyramid_downsample="bilinear",
         **{**OFFICIAL_QUANTIZER_OPTIONS, "projection_bias": "quant.0.project.bias" in state},  # type: ignore[arg-type]
     )

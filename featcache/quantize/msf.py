@@ -60,13 +60,18 @@ class MSFQuantizerConfig(QuantizerConfig):
     pyramid_downsample: PyramidDownsample = "bilinear"
     #: Temperature of Gumbel noise on the choice of level during training (official ``tau``; 0 = none).
     fusion_temperature: float = 0.0
+    #: 0 = the encoder outputs ``code_dim`` channels (official msf configs, ``project=None``). Otherwise the
+    #: encoder outputs ``encoder_dim`` channels E, lifted to the code space D by the least-squares
+    #: pseudo-inverse of a learnable Linear(D -> E) before quantization and projected back by it after
+    #: (official ``LinearPinv``); the decoder input then has E channels.
+    encoder_dim: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_scales < 1:
             raise ConfigError(f"config key 'num_scales' must be at least 1, got {self.num_scales}")
-        if self.specified_codebook_size < 0 or self.fusion_temperature < 0:
-            raise ConfigError("config keys 'specified_codebook_size' and 'fusion_temperature' must not be negative")
+        if self.specified_codebook_size < 0 or self.fusion_temperature < 0 or self.encoder_dim < 0:
+            raise ConfigError("config keys 'specified_codebook_size', 'fusion_temperature' and 'encoder_dim' must not be negative")
         for name, kind in (("combine", CodeCombination), ("pyramid_downsample", PyramidDownsample)):
             if getattr(self, name) not in get_args(kind):
                 raise ConfigError(f"config key {name!r} must be one of {', '.join(get_args(kind))}, got {getattr(self, name)!r}")
@@ -91,13 +96,13 @@ class MSFQuantizerConfig(QuantizerConfig):
 class MSFQuantizerOutput:
     """One MSF pass; every list holds one entry per pyramid level (level 0 = full resolution)."""
 
-    #: Encoder output of each level before fusion (B, D, h_i, w_i).
+    #: Encoder output of each level before fusion (B, E, h_i, w_i); E = D without the pseudo-inverse projection.
     raw_z: list[torch.Tensor]
     #: The encoder vector paired with each level's codes, which the losses and the STE use (B, D, h_i, w_i).
     z: list[torch.Tensor]
     #: Selected codes q (B, D, h_i, w_i), gradients to the codebooks only.
     quantized: list[torch.Tensor]
-    #: Straight-through decoder input (B, D, h_i, w_i) float32.
+    #: Straight-through decoder input (B, E, h_i, w_i) float32 (projected back to E when ``encoder_dim`` is set).
     decoder_input: list[torch.Tensor]
     #: Indices (B, G, h_i, w_i) int64: channel 0 shared code, channel 1 the level's specified code (G = 2;
     #: G = 1 without specified codebooks).
@@ -209,12 +214,17 @@ class MSFQuantizer(nn.Module):
         self.config = config
         self.encoder = FeatureEncoder(
             feature_channels,
-            config.code_dim,
+            config.encoder_dim or config.code_dim,
             layers=config.encoder_layers,
             hidden_channels=config.encoder_channels,
             last_block=config.encoder_last_block,
         )
         part = config.part_dim()
+        #: Linear(D -> E) whose pseudo-inverse lifts encoder outputs into the code space (bias starts at zero).
+        self.projection: nn.Linear | None = None
+        if config.encoder_dim:
+            self.projection = nn.Linear(config.code_dim, config.encoder_dim)
+            nn.init.zeros_(self.projection.bias)
 
         def codebook(size: int, offset: int) -> SimVQCodebook:
             return SimVQCodebook(
@@ -236,6 +246,23 @@ class MSFQuantizer(nn.Module):
         maps = features.to(self.encoder.output_projection.weight.dtype).permute(0, 3, 1, 2)  # (B, C, h, w)
         levels = feature_pyramid(maps, self.config.num_scales, self.config.pyramid_downsample)
         return [self.encoder(level.permute(0, 2, 3, 1)) for level in levels]  # (B, h_i, w_i, C) -> (B, D, h_i, w_i)
+
+    def lift(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, E, h, w) -> (B, D, h, w): least-squares solution x of W x + b = z per position (identity if no projection)."""
+        if self.projection is None:
+            return z
+        batch, _, height, width = z.shape
+        weight, bias = self.projection.weight.float(), self.projection.bias.float()  # (E, D) (E,)
+        rhs = (z.permute(0, 2, 3, 1) - bias).reshape(batch, height * width, -1).transpose(1, 2)  # (B, E, h*w)
+        solution = torch.linalg.lstsq(weight[None], rhs).solution  # (B, D, h*w)
+        return solution.reshape(batch, -1, height, width)
+
+    def project_down(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, E, h, w) through the projection (identity if none)."""
+        if self.projection is None:
+            return x
+        weight, bias = self.projection.weight.float(), self.projection.bias.float()
+        return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
     def _quantize_levels(
         self,
@@ -291,7 +318,7 @@ class MSFQuantizer(nn.Module):
         noise_scale = gumbel_scale(progress, config.gumbel_scale_start, config.gumbel_scale_end) if config.gumbel and training_noise else 0.0
         alpha = residual_alpha(progress, config.residual_anneal_fraction, config.residual_alpha_end) if config.residual else 0.0
         with torch.autocast(device_type=raw[0].device.type, enabled=False):
-            raw32 = [level.float() for level in raw]
+            raw32 = [self.lift(level.float()) for level in raw]  # (B, D, h_i, w_i)
             zs, qs, indices, choices = self._quantize_levels(raw32, noise_scale, training_noise, generator)
             decoder_inputs, per_scale = [], []
             for z, q in zip(zs, qs):
@@ -304,7 +331,7 @@ class MSFQuantizer(nn.Module):
                         "normalisation": F.mse_loss(z, F.group_norm(z, 1).detach()),
                     }
                 )
-                decoder_inputs.append(z + (mixed - z).detach())
+                decoder_inputs.append(self.project_down(z + (mixed - z).detach()))
         losses = {name: torch.stack([terms[name] for terms in per_scale]).sum() for name in per_scale[0]}
         return MSFQuantizerOutput(
             raw_z=raw,
@@ -321,20 +348,21 @@ class MSFQuantizer(nn.Module):
 
     @torch.no_grad()
     def tokenize(self, features: torch.Tensor, scale: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise-free tokens of level ``scale``: indices (B, G, h, w) int64 and squared |z - q|^2 (B, h, w)."""
-        raw = [level.float() for level in self.encode_pyramid(features)]
+        """Noise-free tokens of level ``scale``: indices (B, G, h, w) int64 and squared |z - q|^2 (B, h, w) in code space."""
+        raw = self.encode_pyramid(features)
         with torch.autocast(device_type=raw[0].device.type, enabled=False):
+            raw = [self.lift(level.float()) for level in raw]
             zs, qs, indices, _ = self._quantize_levels(raw, 0.0, False, None)
             squared_error = (zs[scale] - qs[scale]).pow(2).sum(dim=1)  # (B, h, w)
         return indices[scale], squared_error
 
     def lookup(self, indices: torch.Tensor, scale: int = 0) -> torch.Tensor:
-        """Code map (B, D, h, w) float32 for level ``scale``'s indices (B, G, h, w)."""
+        """What the decoder sees for level ``scale``'s indices (B, G, h, w): codes (B, E, h, w) float32, projected."""
         with torch.autocast(device_type=indices.device.type, enabled=False):
             shared = self.shared.codes().float()[indices[:, 0]].permute(0, 3, 1, 2)  # (B, d, h, w)
             if not self.config.specified_codebooks:
-                return shared
+                return self.project_down(shared)
             own = self.specified[scale].codes().float()[indices[:, 1]].permute(0, 3, 1, 2)  # (B, d, h, w)
             if self.config.combine == "halves":
-                return torch.cat([shared, own], 1)
-            return (shared + own) / 2
+                return self.project_down(torch.cat([shared, own], 1))
+            return self.project_down((shared + own) / 2)
