@@ -5,6 +5,7 @@ from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
 from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, TinyResidualBlock, VVOPixelDecoder, pixel_targets, upsampling_stages
 from featcache.quantize.encoder import FeatureEncoder
 from featcache.quantize.model import VQModel, VQOutput
+from featcache.quantize.msf import MSFQuantizer, MSFQuantizerConfig, MSFQuantizerOutput
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
 from featcache.quantize.schedules import gumbel_scale, residual_alpha
 from featcache.quantize.usage import code_usage_statistics, usage_statistics_from_counts
@@ -13,6 +14,9 @@ __all__ = [
     "VQDecoderConfig",
     "FeatureDecoder",
     "FeatureEncoder",
+    "MSFQuantizer",
+    "MSFQuantizerConfig",
+    "MSFQuantizerOutput",
     "PixelDecoder",
     "QuantizerConfig",
     "QuantizerOutput",
