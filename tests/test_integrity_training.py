@@ -398,16 +398,17 @@ def test_two_trainings_into_one_run_folder_do_not_both_write(ocl_store: Path, tm
 
     (config,) = ocl_configs()
     run = tmp_path / "run"
-    real = ocl_module._train_ocl
+    real = ocl_module.prepare_run_folder
     seen: list[str] = []
 
-    def first_run(*args: Any, **kwargs: Any) -> Any:
-        with pytest.raises(LockError) as error:  # the second writer, started while the first holds the lock
-            ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
-        seen.append(str(error.value))
+    def first_run(*args: Any, **kwargs: Any) -> Any:  # the first run's first step inside its lock
+        if not seen:
+            with pytest.raises(LockError) as error:  # the second writer, started while the first holds the lock
+                ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
+            seen.append(str(error.value))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ocl_module, "_train_ocl", first_run)
+    monkeypatch.setattr(ocl_module, "prepare_run_folder", first_run)
     ocl_module.train_ocl(ocl_store, config, run, device="cpu", show_progress=False)
     assert len(seen) == 1 and "is being written by" in seen[0] and "\n" not in seen[0] and str(run) in seen[0]
     assert (run / "model.safetensors").is_file() and not run.with_name("run.lock").exists()

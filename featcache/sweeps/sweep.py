@@ -154,105 +154,89 @@ def run_sweep(
     out_dir = Path(out) if out is not None else Path("runs") / "sweeps" / spec.name
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with WriterLock(out_dir.resolve().with_name(out_dir.name + ".lock"), f"sweep folder {out_dir}"):  # one sweep per folder
-        return _run_sweep(spec, out_dir, seeds=seeds, workers=workers, scheduler=scheduler, fuse_seeds=fuse_seeds, online=online, device=device, gpu_fraction=gpu_fraction, show_progress=show_progress)
+        if workers < 0:
+            raise ConfigError(f"--workers must be 0 (serial) or more, got {workers}")
+        if workers and scheduler:
+            raise ConfigError("give either --workers (a local dask cluster) or --scheduler (an existing one), not both")
+        fraction = spec.gpu_fraction if gpu_fraction is None else gpu_fraction
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"--gpu-fraction must lie in (0, 1], got {fraction}")
+        runs = expand_runs(spec, seeds)
+        configurations = list({run.config_id: run.configuration for run in runs}.values())
+        # An external cluster's workers resolve the device themselves (this machine may have no GPU): check the name only.
+        if scheduler and device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise FeatcacheError(f"--device {device!r}: expected auto, cpu or cuda")
+        run_device = device if scheduler else str(resolve_device(device))
+        local_gpu = run_device.startswith("cuda") and not scheduler
+        get_protocol(spec.eval.protocol)
+        if fuse_seeds:
+            if importlib.util.find_spec("featcache.training.fused") is None:
+                raise FeatcacheError("--fuse-seeds needs featcache.training.fused, which this installation lacks")
+            if online:
+                raise ConfigError("--fuse-seeds trains from the cache: it cannot be combined with --online")
+        store, val = check_inputs(spec, runs, online)
 
+        tasks = [
+            RunTask(
+                store=str(store.path.resolve()),
+                val_store=str(val.path.resolve()) if spec.val_store else None,
+                run_dir=str((out_dir / run.relative_dir).resolve()),
+                relative_dir=run.relative_dir.as_posix(),
+                config_id=run.config_id,
+                seed=run.seed,
+                overrides=run.overrides,
+                config=run.config,
+                config_sha=config_sha(run.config),
+                inputs=_inputs(run, store, val, spec, online),
+                device=run_device,
+                online=online,
+                eval=spec.eval,
+                torch_threads=max(1, (os.cpu_count() or 1) // workers) if workers else 0,
+                pin_gpu_by_worker=bool(workers) and local_gpu,
+            )
+            for run in runs
+        ]
+        if fuse_seeds:
+            _check_fusable(spec, _units(tasks, fuse_seeds))
+        finished = {task.run_dir: is_finished(task) for task in tasks}
+        units = _units([task for task in tasks if finished[task.run_dir] is None], fuse_seeds)
 
-def _run_sweep(
-    spec: SweepSpec,
-    out: Path | None = None,
-    seeds: int | list[int] | None = None,
-    workers: int = 0,
-    scheduler: str | None = None,
-    fuse_seeds: bool = False,
-    online: bool = False,
-    device: str = "auto",
-    gpu_fraction: float | None = None,
-    show_progress: bool = True,
-) -> SweepResult:
-    if workers < 0:
-        raise ConfigError(f"--workers must be 0 (serial) or more, got {workers}")
-    if workers and scheduler:
-        raise ConfigError("give either --workers (a local dask cluster) or --scheduler (an existing one), not both")
-    fraction = spec.gpu_fraction if gpu_fraction is None else gpu_fraction
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"--gpu-fraction must lie in (0, 1], got {fraction}")
-    runs = expand_runs(spec, seeds)
-    configurations = list({run.config_id: run.configuration for run in runs}.values())
-    # An external cluster's workers resolve the device themselves (this machine may have no GPU): check the name only.
-    if scheduler and device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise FeatcacheError(f"--device {device!r}: expected auto, cpu or cuda")
-    run_device = device if scheduler else str(resolve_device(device))
-    local_gpu = run_device.startswith("cuda") and not scheduler
-    get_protocol(spec.eval.protocol)
-    if fuse_seeds:
-        if importlib.util.find_spec("featcache.training.fused") is None:
-            raise FeatcacheError("--fuse-seeds needs featcache.training.fused, which this installation lacks")
-        if online:
-            raise ConfigError("--fuse-seeds trains from the cache: it cannot be combined with --online")
-    store, val = check_inputs(spec, runs, online)
+        with ExitStack() as stack:
+            client = stack.enter_context(dask_client(workers, scheduler, gpus=int(local_gpu))) if units and (workers or scheduler) else None
+            gpu_resources = None
+            if client is not None and (local_gpu or (scheduler and device != "cpu" and workers_with_gpus(client) > 0)):
+                gpu_resources = fraction
+            if client is not None and scheduler and device.startswith("cuda") and gpu_resources is None:
+                raise FeatcacheError(f"--device {device}: no worker of {scheduler} advertises a GPU resource (start them with --resources GPU=1)")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            record: dict[str, Any] = {
+                "name": spec.name,
+                "spec": to_dict(spec),
+                "seeds": sorted({run.seed for run in runs}),
+                "configurations": [{"config_id": c.config_id, "values": c.values, "overrides": c.overrides, "base": c.base} for c in configurations],
+                "store": store_summary(store.path),
+                "val_store": store_summary(val.path) if spec.val_store else None,
+                "options": {"workers": workers, "scheduler": scheduler, "fuse_seeds": fuse_seeds, "online": online, "device": device,
+                            "gpu_fraction": fraction},
+                **records.provenance(),
+                "finished": None,
+            }
+            _write_sweep_json(out_dir, record)
+            if client is not None:
+                new_rows = execute_dask(client, units, fuse_seeds, gpu_resources, show_progress)
+            else:
+                new_rows = execute_serial(units, fuse_seeds, show_progress)
 
-    out_dir = Path(out)  # chosen (default runs/sweeps/<name>) and locked by run_sweep
-    tasks = [
-        RunTask(
-            store=str(store.path.resolve()),
-            val_store=str(val.path.resolve()) if spec.val_store else None,
-            run_dir=str((out_dir / run.relative_dir).resolve()),
-            relative_dir=run.relative_dir.as_posix(),
-            config_id=run.config_id,
-            seed=run.seed,
-            overrides=run.overrides,
-            config=run.config,
-            config_sha=config_sha(run.config),
-            inputs=_inputs(run, store, val, spec, online),
-            device=run_device,
-            online=online,
-            eval=spec.eval,
-            torch_threads=max(1, (os.cpu_count() or 1) // workers) if workers else 0,
-            pin_gpu_by_worker=bool(workers) and local_gpu,
-        )
-        for run in runs
-    ]
-    if fuse_seeds:
-        _check_fusable(spec, _units(tasks, fuse_seeds))
-    finished = {task.run_dir: is_finished(task) for task in tasks}
-    units = _units([task for task in tasks if finished[task.run_dir] is None], fuse_seeds)
-
-    with ExitStack() as stack:
-        client = stack.enter_context(dask_client(workers, scheduler, gpus=int(local_gpu))) if units and (workers or scheduler) else None
-        gpu_resources = None
-        if client is not None and (local_gpu or (scheduler and device != "cpu" and workers_with_gpus(client) > 0)):
-            gpu_resources = fraction
-        if client is not None and scheduler and device.startswith("cuda") and gpu_resources is None:
-            raise FeatcacheError(f"--device {device}: no worker of {scheduler} advertises a GPU resource (start them with --resources GPU=1)")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {
-            "name": spec.name,
-            "spec": to_dict(spec),
-            "seeds": sorted({run.seed for run in runs}),
-            "configurations": [{"config_id": c.config_id, "values": c.values, "overrides": c.overrides, "base": c.base} for c in configurations],
-            "store": store_summary(store.path),
-            "val_store": store_summary(val.path) if spec.val_store else None,
-            "options": {"workers": workers, "scheduler": scheduler, "fuse_seeds": fuse_seeds, "online": online, "device": device,
-                        "gpu_fraction": fraction},
-            **records.provenance(),
-            "finished": None,
-        }
+        by_dir = {row["run_dir"]: row for row in new_rows}
+        rows = [by_dir.get(task.relative_dir) or finished[task.run_dir] for task in tasks]
+        summary = summarise(rows, configurations)
+        write_results(out_dir, rows, summary, spec.name)
+        failed = [row for row in rows if row["status"] != "ok"]
+        record["finished"] = utc_now()
+        record["runs"] = {"total": len(rows), "ran": len(new_rows), "skipped": len(rows) - len(new_rows), "failed": len(failed)}
         _write_sweep_json(out_dir, record)
-        if client is not None:
-            new_rows = execute_dask(client, units, fuse_seeds, gpu_resources, show_progress)
-        else:
-            new_rows = execute_serial(units, fuse_seeds, show_progress)
-
-    by_dir = {row["run_dir"]: row for row in new_rows}
-    rows = [by_dir.get(task.relative_dir) or finished[task.run_dir] for task in tasks]
-    summary = summarise(rows, configurations)
-    write_results(out_dir, rows, summary, spec.name)
-    failed = [row for row in rows if row["status"] != "ok"]
-    record["finished"] = utc_now()
-    record["runs"] = {"total": len(rows), "ran": len(new_rows), "skipped": len(rows) - len(new_rows), "failed": len(failed)}
-    _write_sweep_json(out_dir, record)
-    return SweepResult(out_dir, rows, summary, ran=len(new_rows), skipped=len(rows) - len(new_rows),
-                       random_weights=store.weights_are_random, failed=failed)
+        return SweepResult(out_dir, rows, summary, ran=len(new_rows), skipped=len(rows) - len(new_rows),
+                           random_weights=store.weights_are_random, failed=failed)
 
 
 __all__ = ["SweepResult", "check_inputs", "run_sweep"]

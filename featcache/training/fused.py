@@ -217,71 +217,57 @@ def train_ocl_fused_seeds(
     with contextlib.ExitStack() as locks:
         for run_dir in run_dirs:
             locks.enter_context(run_lock(Path(run_dir)))  # one writer per run folder
-        return _train_ocl_fused_seeds(store_path, configs, run_dirs, device=device, resume=resume, show_progress=show_progress,
-                                      stop_after=stop_after, validation_store=validation_store)
-
-
-def _train_ocl_fused_seeds(
-    store_path: str | Path,
-    configs: list[OCLTrainConfig],
-    run_dirs: list[Path],
-    device: str = "auto",
-    resume: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-    validation_store: str | Path | None = None,
-) -> list[TrainResult]:
-    run_dirs = [Path(run_dir) for run_dir in run_dirs]
-    check_fusable(configs, run_dirs)
-    for config, run_dir in zip(configs, run_dirs):
-        prepare_run_folder(run_dir, config, resume)
-    shared = configs[0]  # every setting but the seed is the same in all configs
-    target_device = resolve_device(device)
-    store, feature_kind = open_training_store(store_path, shared)
-    validation = FeatureStore(validation_store) if validation_store else store
-    seeds = [config.train.seed for config in configs]
-    run_info = {**ocl_run_info(store, shared, feature_kind, False, target_device), "fused_seeds": seeds}
-    if resume:
-        for run_dir in run_dirs:
-            check_resume_inputs(run_dir, run_info)
-    runs = []
-    for config, run_dir in zip(configs, run_dirs):
-        model = build_seeded_model(config, store, target_device)
-        runs.append(
-            LoopRun(
-                run_dir=run_dir,
-                model=model,
-                config=to_dict(config),
-                run_info=run_info,
-                label=f"seed {config.train.seed}",
-                noise_generator=noise_generator(config.train.seed, target_device),
-                validate=ocl_validator(model, validation, config, feature_kind, target_device),
+        run_dirs = [Path(run_dir) for run_dir in run_dirs]
+        check_fusable(configs, run_dirs)
+        for config, run_dir in zip(configs, run_dirs):
+            prepare_run_folder(run_dir, config, resume)
+        shared = configs[0]  # every setting but the seed is the same in all configs
+        target_device = resolve_device(device)
+        store, feature_kind = open_training_store(store_path, shared)
+        validation = FeatureStore(validation_store) if validation_store else store
+        seeds = [config.train.seed for config in configs]
+        run_info = {**ocl_run_info(store, shared, feature_kind, False, target_device), "fused_seeds": seeds}
+        if resume:
+            for run_dir in run_dirs:
+                check_resume_inputs(run_dir, run_info)
+        runs = []
+        for config, run_dir in zip(configs, run_dirs):
+            model = build_seeded_model(config, store, target_device)
+            runs.append(
+                LoopRun(
+                    run_dir=run_dir,
+                    model=model,
+                    config=to_dict(config),
+                    run_info=run_info,
+                    label=f"seed {config.train.seed}",
+                    noise_generator=noise_generator(config.train.seed, target_device),
+                    validate=ocl_validator(model, validation, config, feature_kind, target_device),
+                )
             )
-        )
-    fused = FusedSeeds(runs, shared.train.learning_rate)
-    batches = ocl_batches(store, shared, target_device, feature_kind, online=False)
-    try:
-        start_step = fused.restore(batches) if resume else 0
-        end_step = shared.train.steps if stop_after is None else min(shared.train.steps, start_step + stop_after)
+        fused = FusedSeeds(runs, shared.train.learning_rate)
+        batches = ocl_batches(store, shared, target_device, feature_kind, online=False)
+        try:
+            start_step = fused.restore(batches) if resume else 0
+            end_step = shared.train.steps if stop_after is None else min(shared.train.steps, start_step + stop_after)
 
-        def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return fused.losses(batch.features, batch.tokens)
+            def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                return fused.losses(batch.features, batch.tokens)
 
-        loops = train_runs(
-            trained=fused,
-            batches=batches,
-            settings=shared.train,
-            device=target_device,
-            step_loss=step_loss,
-            start_step=start_step,
-            end_step=end_step,
-            description=f"train-ocl seeds {','.join(map(str, seeds))} (fused)",
-            validate_every=shared.validate_every,
-            show_progress=show_progress,
-        )
-    finally:
-        batches.close()
-    return [TrainResult.from_loop(run.run_dir, loop, shared.train.batch_size) for run, loop in zip(runs, loops)]
+            loops = train_runs(
+                trained=fused,
+                batches=batches,
+                settings=shared.train,
+                device=target_device,
+                step_loss=step_loss,
+                start_step=start_step,
+                end_step=end_step,
+                description=f"train-ocl seeds {','.join(map(str, seeds))} (fused)",
+                validate_every=shared.validate_every,
+                show_progress=show_progress,
+            )
+        finally:
+            batches.close()
+        return [TrainResult.from_loop(run.run_dir, loop, shared.train.batch_size) for run, loop in zip(runs, loops)]
 
 
 __all__ = ["FusedSeeds", "check_fusable", "dropout_keys", "train_ocl_fused_seeds"]

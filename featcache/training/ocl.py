@@ -102,58 +102,44 @@ def train_ocl(
     (``featcache.runtime.noise_generator(seed)``), so a fused-seed run (featcache.training.fused) equals this one.
     """
     with run_lock(Path(out)):  # one writer per run folder
-        return _train_ocl(store_path, config, out, device=device, resume=resume, online=online, validation_store=validation_store, show_progress=show_progress, stop_after=stop_after)
+        run_dir = Path(out)
+        prepare_run_folder(run_dir, config, resume)
+        target_device = resolve_device(device)
+        store, feature_kind = open_training_store(store_path, config)
+        model = build_seeded_model(config, store, target_device)
+        generator = noise_generator(config.train.seed, target_device)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
+        batches = ocl_batches(store, config, target_device, feature_kind, online)
+        run_info = ocl_run_info(store, config, feature_kind, online, target_device)
+        if resume:
+            check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
+        start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
+        end_step = config.train.steps if stop_after is None else min(config.train.steps, start_step + stop_after)
 
+        def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
+            return ocl_loss_terms(model(batch.features, batch.tokens, noise))
 
-def _train_ocl(
-    store_path: str | Path,
-    config: OCLTrainConfig,
-    out: str | Path,
-    device: str = "auto",
-    resume: bool = False,
-    online: bool = False,
-    validation_store: str | Path | None = None,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-) -> TrainResult:
-    run_dir = Path(out)
-    prepare_run_folder(run_dir, config, resume)
-    target_device = resolve_device(device)
-    store, feature_kind = open_training_store(store_path, config)
-    model = build_seeded_model(config, store, target_device)
-    generator = noise_generator(config.train.seed, target_device)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
-    batches = ocl_batches(store, config, target_device, feature_kind, online)
-    run_info = ocl_run_info(store, config, feature_kind, online, target_device)
-    if resume:
-        check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
-    start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
-    end_step = config.train.steps if stop_after is None else min(config.train.steps, start_step + stop_after)
-
-    def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
-        return ocl_loss_terms(model(batch.features, batch.tokens, noise))
-
-    validation = FeatureStore(validation_store) if validation_store else store
-    try:
-        loop = train_loop(
-            model=model,
-            optimizer=optimizer,
-            batches=batches,
-            settings=config.train,
-            device=target_device,
-            run_dir=run_dir,
-            config=to_dict(config),
-            run_info=run_info,
-            step_loss=step_loss,
-            start_step=start_step,
-            end_step=end_step,
-            description="train-ocl" + (" (online)" if online else ""),
-            validate=ocl_validator(model, validation, config, feature_kind, target_device),
-            validate_every=config.validate_every,
-            show_progress=show_progress,
-            noise_generator=generator,
-        )
-    finally:
-        batches.close()
-    return TrainResult.from_loop(run_dir, loop, config.train.batch_size)
+        validation = FeatureStore(validation_store) if validation_store else store
+        try:
+            loop = train_loop(
+                model=model,
+                optimizer=optimizer,
+                batches=batches,
+                settings=config.train,
+                device=target_device,
+                run_dir=run_dir,
+                config=to_dict(config),
+                run_info=run_info,
+                step_loss=step_loss,
+                start_step=start_step,
+                end_step=end_step,
+                description="train-ocl" + (" (online)" if online else ""),
+                validate=ocl_validator(model, validation, config, feature_kind, target_device),
+                validate_every=config.validate_every,
+                show_progress=show_progress,
+                noise_generator=generator,
+            )
+        finally:
+            batches.close()
+        return TrainResult.from_loop(run_dir, loop, config.train.batch_size)

@@ -39,92 +39,79 @@ def train_vq(
 ) -> TrainResult:
     """Train the quantizer on ``store_path``'s features; ``stop_after`` ends early (tests, benchmarks)."""
     with run_lock(Path(out)):  # one writer per run folder
-        return _train_vq(store_path, config, out, device=device, resume=resume, online=online, show_progress=show_progress, stop_after=stop_after)
-
-
-def _train_vq(
-    store_path: str | Path,
-    config: VQTrainConfig,
-    out: str | Path,
-    device: str = "auto",
-    resume: bool = False,
-    online: bool = False,
-    show_progress: bool = True,
-    stop_after: int | None = None,
-) -> TrainResult:
-    run_dir = Path(out)
-    prepare_run_folder(run_dir, config, resume)
-    target_device = resolve_device(device)
-    store = FeatureStore(store_path)
-    store.require_complete()
-    feature_kind = resolve_feature_kind(store, config.feature_kind)
-    if config.decoder.architecture == "none":
-        raise ConfigError("train-vq needs a decoder; decoder.architecture 'none' is for imported quantizers that only tokenize")
-    with_images = config.decoder.target == "pixels"
-    if with_images and not store.has_images:
-        raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (decoder.target: pixels)")
-    if with_images and store.layout.image_size != config.decoder.image_size:
-        raise ConfigError(
-            f"decoder.image_size {config.decoder.image_size} differs from the cached images' {store.layout.image_size} px in {store.path}"
+        run_dir = Path(out)
+        prepare_run_folder(run_dir, config, resume)
+        target_device = resolve_device(device)
+        store = FeatureStore(store_path)
+        store.require_complete()
+        feature_kind = resolve_feature_kind(store, config.feature_kind)
+        if config.decoder.architecture == "none":
+            raise ConfigError("train-vq needs a decoder; decoder.architecture 'none' is for imported quantizers that only tokenize")
+        with_images = config.decoder.target == "pixels"
+        if with_images and not store.has_images:
+            raise StoreError(f"store {store.path} has no cached images, needed for pixel reconstruction (decoder.target: pixels)")
+        if with_images and store.layout.image_size != config.decoder.image_size:
+            raise ConfigError(
+                f"decoder.image_size {config.decoder.image_size} differs from the cached images' {store.layout.image_size} px in {store.path}"
+            )
+        train = config.train
+        seed_everything(train.seed)
+        model = build_vq_model(config, store.layout.channels, store.layout.grid).to(target_device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+        loader_class = OnlineBatches if online else CachedBatches
+        loader_kwargs: dict[str, Any] = {} if online else {"mode": train.loader}
+        batches = loader_class(
+            store, train.batch_size, target_device, feature_kind, with_images, seed=train.resolved_data_seed, **loader_kwargs
         )
-    train = config.train
-    seed_everything(train.seed)
-    model = build_vq_model(config, store.layout.channels, store.layout.grid).to(target_device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
-    loader_class = OnlineBatches if online else CachedBatches
-    loader_kwargs: dict[str, Any] = {} if online else {"mode": train.loader}
-    batches = loader_class(
-        store, train.batch_size, target_device, feature_kind, with_images, seed=train.resolved_data_seed, **loader_kwargs
-    )
-    run_info = {
-        "stage": "vq",
-        **records.provenance(),
-        "store": store_summary_for_run(store, feature_kind),
-        "online": online,
-        "device": str(target_device),
-    }
-    if resume:
-        check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
-    start_step = restore(run_dir, model, optimizer, batches) if resume else 0
-    end_step = train.steps if stop_after is None else min(train.steps, start_step + stop_after)
-    usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
-    schedule: dict[str, float] = {}
+        run_info = {
+            "stage": "vq",
+            **records.provenance(),
+            "store": store_summary_for_run(store, feature_kind),
+            "online": online,
+            "device": str(target_device),
+        }
+        if resume:
+            check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
+        start_step = restore(run_dir, model, optimizer, batches) if resume else 0
+        end_step = train.steps if stop_after is None else min(train.steps, start_step + stop_after)
+        usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
+        schedule: dict[str, float] = {}
 
-    def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        targets = batch.images if with_images else batch.features
-        output = model(batch.features, targets, progress=step / train.steps)
-        usage.add_(torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size))
-        schedule.update(gumbel_scale=output.quantizer.gumbel_scale, alpha=output.quantizer.alpha)
-        return output.losses["total"], output.losses
+        def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            targets = batch.images if with_images else batch.features
+            output = model(batch.features, targets, progress=step / train.steps)
+            usage.add_(torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size))
+            schedule.update(gumbel_scale=output.quantizer.gumbel_scale, alpha=output.quantizer.alpha)
+            return output.losses["total"], output.losses
 
-    def window_metrics() -> dict[str, Any]:
-        """Code usage since the last log row (then reset) and the schedules' current values."""
-        statistics = usage_statistics_from_counts(usage)
-        usage.zero_()
-        return {**statistics, **schedule}
+        def window_metrics() -> dict[str, Any]:
+            """Code usage since the last log row (then reset) and the schedules' current values."""
+            statistics = usage_statistics_from_counts(usage)
+            usage.zero_()
+            return {**statistics, **schedule}
 
-    try:
-        loop = train_loop(
-            model=model,
-            optimizer=optimizer,
-            batches=batches,
-            settings=train,
-            device=target_device,
-            run_dir=run_dir,
-            config=to_dict(config),
-            run_info=run_info,
-            step_loss=step_loss,
-            start_step=start_step,
-            end_step=end_step,
-            description="train-vq" + (" (online)" if online else ""),
-            window_metrics=window_metrics,
-            show_progress=show_progress,
-        )
-    finally:
-        batches.close()
-    if end_step == train.steps and with_images:
-        write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
-    return TrainResult.from_loop(run_dir, loop, train.batch_size)
+        try:
+            loop = train_loop(
+                model=model,
+                optimizer=optimizer,
+                batches=batches,
+                settings=train,
+                device=target_device,
+                run_dir=run_dir,
+                config=to_dict(config),
+                run_info=run_info,
+                step_loss=step_loss,
+                start_step=start_step,
+                end_step=end_step,
+                description="train-vq" + (" (online)" if online else ""),
+                window_metrics=window_metrics,
+                show_progress=show_progress,
+            )
+        finally:
+            batches.close()
+        if end_step == train.steps and with_images:
+            write_reconstructions(model, store, feature_kind, run_dir / "reconstructions.png", target_device)
+        return TrainResult.from_loop(run_dir, loop, train.batch_size)
 
 
 @torch.no_grad()
