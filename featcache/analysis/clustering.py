@@ -81,7 +81,7 @@ def check_features(features: np.ndarray, labels_shape: tuple[int, ...] | None = 
 
 
 # ----------------------------------------------------------------------------- kMeans baseline
-def _upsample_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N, h, w) -> (N, H, W) by nearest neighbour, with the same pixel-to-patch map as :func:`patch_labels`."""
     rows = cell_index(size[0], labels.shape[1])
     columns = cell_index(size[1], labels.shape[2])
@@ -142,7 +142,7 @@ def kmeans_baseline(
         _, assignment = kmeans.index.search(points, 1)  # (h*w, 1)
         result[image_index] = assignment[:, 0]
     labels = result.reshape(count, height, width)
-    return labels if output_size is None else _upsample_nearest(labels, output_size)
+    return labels if output_size is None else upsample_labels(labels, output_size)
 
 
 def kmeans_segmentation(

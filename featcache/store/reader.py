@@ -63,6 +63,22 @@ def read_attributes(path: Path) -> dict[str, Any]:
     return attributes
 
 
+def group_by_clip(clip_ids: Sequence[str], frame_indices: Sequence[int] | np.ndarray, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """Clip id -> the ``indices`` of its frames (int64) sorted by frame index; clips in order of first appearance.
+
+    ``clip_ids`` / ``frame_indices`` are per store sample; ``indices`` select the samples to group (a limited or
+    filtered evaluation may hold only some frames of a clip; those are kept in frame order).
+    """
+    frames = np.asarray(frame_indices)
+    grouped: dict[str, list[int]] = {}
+    for index in np.asarray(indices, dtype=np.int64):
+        grouped.setdefault(str(clip_ids[int(index)]), []).append(int(index))
+    return {
+        clip: np.array(sorted(members, key=lambda index: (int(frames[index]), index)), dtype=np.int64)
+        for clip, members in grouped.items()
+    }
+
+
 class FeatureStore:
     """Read-only view of a feature store.
 
@@ -125,6 +141,12 @@ class FeatureStore:
     @cached_property
     def frame_indices(self) -> np.ndarray | None:
         return self._whole(schema.FRAME_INDEX) if self.layout.is_video else None
+
+    def clips(self, indices: Sequence[int] | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Store indices of each clip in frame order (of ``indices``, default every written sample); see :func:`group_by_clip`."""
+        if self.clip_ids is None or self.frame_indices is None:
+            raise StoreError(f"store {self.path} is not a video store (no clip_ids): its samples form no clips")
+        return group_by_clip(self.clip_ids, self.frame_indices, self.valid_indices() if indices is None else indices)
 
     @property
     def has_masks(self) -> bool:
