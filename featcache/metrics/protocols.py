@@ -25,6 +25,7 @@ from featcache.console import console, progress_bar
 from featcache.datasets.base import IGNORE_LABEL
 from featcache.errors import FeatcacheError, StoreError
 from featcache.metrics import ARI_ARITHMETICS, BACKGROUND_LABEL, EMPTY_ARI_RULES, mean_of_batch_means, mean_skipping_nan, object_discovery_metrics
+from featcache.plotting import label_palette
 from featcache.store import FeatureStore
 
 #: The four metrics, in report order.
@@ -232,6 +233,35 @@ def score_clips(
     return scores
 
 
+def _predict_batch(
+    predict: Any, store: FeatureStore, batch: np.ndarray, feature_kind: str | None, token_name: str | None, device: torch.device, view: str
+) -> np.ndarray:
+    """``predict``'s label maps (B, M, M) of one batch of store samples at the store's mask size."""
+    features = torch.from_numpy(store.features(batch, view=view).astype(np.float32)).to(device)
+    if feature_kind is not None and feature_kind != store.stored_kind:
+        features = store.derive(features, feature_kind)
+    tokens = torch.from_numpy(store.tokens(token_name, batch, view=view).astype(np.int64)).to(device) if token_name else None
+    return labels_from_patch_masks(predict(features, tokens), store.layout.mask_size)
+
+
+@torch.no_grad()
+def predict_labels(
+    predict: Any,
+    store: FeatureStore,
+    indices: np.ndarray,
+    feature_kind: str | None,
+    token_name: str | None,
+    device: torch.device,
+    view: str = "center",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The label maps (N, M, M) that :func:`evaluate_masks` scores, for ``indices`` (e.g. the frames of a clip to draw)."""
+    size = store.layout.mask_size
+    batches = [_predict_batch(predict, store, indices[start : start + batch_size], feature_kind, token_name, device, view)
+               for start in range(0, len(indices), batch_size)]
+    return np.concatenate(batches) if batches else np.zeros((0, size, size), np.int64)
+
+
 @torch.no_grad()
 def evaluate_masks(
     predict: Any,
@@ -259,11 +289,7 @@ def evaluate_masks(
         task = progress.add_task("eval", total=len(indices), rate="")
         for start in range(0, len(indices), batch_size):
             batch = indices[start : start + batch_size]
-            features = torch.from_numpy(store.features(batch, view=view).astype(np.float32)).to(device)
-            if feature_kind is not None and feature_kind != store.stored_kind:
-                features = store.derive(features, feature_kind)
-            tokens = torch.from_numpy(store.tokens(token_name, batch, view=view).astype(np.int64)).to(device) if token_name else None
-            predicted = labels_from_patch_masks(predict(features, tokens), size)  # (B, M, M)
+            predicted = _predict_batch(predict, store, batch, feature_kind, token_name, device, view)  # (B, M, M)
             true = store.masks(batch, view=view).astype(np.int64)
             scores = score_masks(true, predicted, protocol)
             for name in per_image:
@@ -284,7 +310,7 @@ def evaluate_masks(
 def write_mask_grid(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
     """PNG: view images (top), slot masks as colours (middle), masks over the image (bottom)."""
     size = labels.shape[-1]
-    palette = (np.random.default_rng(0).uniform(40, 255, size=(256, 3))).astype(np.uint8)
+    palette = label_palette()  # (256, 3): the colours of the clip pictures too
     rows_image, rows_mask, rows_overlay = [], [], []
     for image, label in zip(images, labels):
         picture = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
@@ -299,9 +325,9 @@ def write_mask_grid(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
 
 def print_metrics_table(title: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=title)
-    columns = ["method", "ari", "fg_ari", "mbo", "miou", "images"]
-    if any("clip_ari" in row for row in rows):
-        columns.insert(5, "clip_ari")
+    columns = ["method", "ari", "fg_ari", "mbo", "miou"]
+    columns += [f"clip_{name}" for name in METRIC_NAMES if any(f"clip_{name}" in row for row in rows)]  # video stores
+    columns += ["images"] + (["clips"] if any("clips" in row for row in rows) else [])
     for column in columns:
         table.add_column(column, justify="right" if column != "method" else "left")
     for row in rows:
@@ -317,6 +343,7 @@ __all__ = [
     "evaluate_masks",
     "get_protocol",
     "labels_from_patch_masks",
+    "predict_labels",
     "print_metrics_table",
     "score_clips",
     "score_masks",

@@ -1,5 +1,9 @@
 """`featcache eval`: ARI, FG-ARI, mBO, mIoU (Hungarian) of a trained OCL run on a store, with the protocol recorded
 in eval.json (rich table, JSON and a PNG grid). Sweeps score their runs with these same params.
+
+Clip (video) stores are scored per frame and per clip; their kMeans baseline is run twice, per frame as on images
+and tracked over each clip (featcache.analysis.tracking) so that its clip-pooled metrics mean something, and the
+first clips are drawn (a grid PNG and an animated GIF per clip).
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ class EvalParams:
     )
     view: str = param("center", help="View of the store to score.")
     limit: int | None = param(None, help="Score at most this many images.")
-    baseline: bool = param(False, help="Also score per-image kMeans on the same features.")
+    baseline: bool = param(False, help="Also score per-image kMeans on the same features (clip stores: also tracked over each clip).")
+    tracking: str = param(
+        "centroid",
+        help="Clip stores with --baseline: match kMeans clusters frame to frame by centroid (cosine distance of mean "
+        "features) | iou (mask overlap with the previous frame).",
+    )
+    clip_pictures: int = param(4, help="Clip stores: a grid PNG and an animated GIF for each of the first N clips (0: none).")
     masks: str | None = param(None, help="attention | decoder: masks to score (default: the run's mask_source).")
     out: str | None = param(None, help="Output folder for eval.json and masks.png (default: inside the run folder).", role="out")
     batch_size: int = param(64, help="Images per forward pass.", role="runtime")
@@ -49,6 +59,7 @@ class Eval(Operation):
 
         super().validate(params)
         get_protocol(params.protocol)
+        _check_clip_options(params.tracking, params.clip_pictures)
 
     def outputs(self, params: EvalParams) -> dict[str, str]:
         return {"out": str(params.out), "json": str(Path(str(params.out)) / "eval.json")}
@@ -63,14 +74,28 @@ class Eval(Operation):
         note = ", ".join(f"{name} {metrics[name]:.3f}" for name in ("ari", "fg_ari", "mbo", "miou") if isinstance(metrics.get(name), float))
         if "kmeans_baseline" in result:
             note += f"; kMeans fg_ari {result['kmeans_baseline']['fg_ari']:.3f}"
+        if "clip_ari" in result.get("tracked_kmeans_baseline", {}):
+            note += f", tracked kMeans clip_ari {result['tracked_kmeans_baseline']['clip_ari']:.3f}"
         return note
+
+
+#: Matching costs of the tracked kMeans baseline (featcache.analysis.tracking.TRACKING_COSTS; kept here so that
+#: declaring the operation imports neither faiss nor scipy).
+TRACKING_COSTS = ("centroid", "iou")
+
+
+def _check_clip_options(tracking: str, clip_pictures: int) -> None:
+    if tracking not in TRACKING_COSTS:
+        raise FeatcacheError(f"tracking is {tracking!r}; expected one of {', '.join(TRACKING_COSTS)}")
+    if clip_pictures < 0:
+        raise FeatcacheError(f"clip_pictures is {clip_pictures}; expected 0 (none) or a positive number of clips")
 
 
 def evaluate_params(params: EvalParams, show_progress: bool = True) -> dict[str, Any]:
     """:func:`evaluate_run` with the eval operation's params (what `featcache eval`, pipelines and sweeps call)."""
     return evaluate_run(params.run, params.store, protocol_name=params.protocol, view=params.view, batch_size=params.batch_size,
                         device=params.device, limit=params.limit, baseline=params.baseline, out=params.out, show_progress=show_progress,
-                        mask_source=params.masks)
+                        mask_source=params.masks, tracking=params.tracking, clip_pictures=params.clip_pictures)
 
 
 def evaluate_run(
@@ -85,14 +110,18 @@ def evaluate_run(
     out: str | Path | None = None,
     show_progress: bool = True,
     mask_source: str | None = None,
+    tracking: str = "centroid",
+    clip_pictures: int = 4,
 ) -> dict[str, Any]:
     """Score a run's masks on a store (default: the store it was trained on); writes eval JSON and a PNG grid.
 
     ``mask_source`` (``attention`` | ``decoder``) scores other masks than the run's config names; the default
-    output folder then says so, so both evaluations of one run are kept.
+    output folder then says so, so both evaluations of one run are kept. Clip stores: ``baseline`` also scores
+    kMeans tracked over each clip with the ``tracking`` cost, and the first ``clip_pictures`` clips are drawn into
+    ``clips/<clip id>.png`` / ``.gif``.
     """
     from featcache import records
-    from featcache.metrics.protocols import evaluate_masks, get_protocol, write_mask_grid
+    from featcache.metrics.protocols import evaluate_masks, get_protocol, predict_labels, write_mask_grid
     from featcache.provenance import library_versions, utc_now
     from featcache.runtime import resolve_device
     from featcache.store import FeatureStore
@@ -101,6 +130,7 @@ def evaluate_run(
 
     if limit is not None and limit < 1:
         raise FeatcacheError(f"limit is {limit}; expected a positive number of images or None for all")
+    _check_clip_options(tracking, clip_pictures)
     run_dir = Path(run_dir)
     _, info = read_run(run_dir)
     if store_path is None and info["store"]["path"] is None:
@@ -144,15 +174,118 @@ def evaluate_run(
         "evaluated": utc_now(),
         "versions": library_versions(),
     }
-    if baseline:
+    clips = store.clips(indices) if store.clip_ids is not None else None
+    pictured = list(clips)[:clip_pictures] if clips is not None else []
+    tracked_labels: dict[str, np.ndarray] = {}
+    if baseline and clips is None:
         result["kmeans_baseline"] = kmeans_baseline_metrics(store, indices, feature_kind, view, protocol)
+    elif baseline:
+        assert clips is not None
+        baselines = clip_kmeans_baselines(store, clips, feature_kind, view, protocol, tracking, keep=pictured, show_progress=show_progress)
+        result["kmeans_baseline"], result["tracked_kmeans_baseline"], tracked_labels = baselines
+        result["kmeans_tracking"] = {
+            "cost": tracking,
+            "matching": "Hungarian (scipy linear_sum_assignment) of each frame's kMeans clusters to the previous frame's; "
+            "unmatched clusters get fresh ids",
+            "k": "objects + background per frame, as the per-frame kMeans",
+        }
     out_dir = Path(out) if out else run_dir / (f"eval-{store.path.stem}-{protocol.name}" + (f"-{mask_source}-masks" if overridden else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if pictured:
+        predict = partial(model.predict_masks, generator=evaluation_generator(target_device))
+        predicted = {clip: predict_labels(predict, store, clips[clip], feature_kind, config.tokens or None, target_device, view, batch_size)
+                     for clip in pictured}  # type: ignore[index]
+        result["clip_pictures"] = write_clip_pictures(store, clips, predicted, tracked_labels, view, protocol.ignore_label, out_dir / "clips")  # type: ignore[arg-type]
     records.write_record(out_dir / "eval.json", result)
     if store.has_images:
         write_mask_grid(store.images(indices[: len(examples)], view=view), examples, out_dir / "masks.png")
     result["output"] = str(out_dir)
     return result
+
+
+def write_clip_pictures(
+    store: FeatureStore,
+    clips: dict[str, np.ndarray],
+    predicted: dict[str, np.ndarray],
+    tracked: dict[str, np.ndarray],
+    view: str,
+    ignore_label: int,
+    folder: Path,
+) -> list[str]:
+    """``<clip id>.png`` (rows = frames; image, ground truth, model masks[, tracked kMeans]) and ``<clip id>.gif`` per
+    clip of ``predicted`` (label maps (T, M, M) in frame order); returns the paths written, relative to ``folder``'s parent."""
+    from featcache.plotting import write_clip_pictures as draw_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for clip, labels in predicted.items():
+        frames = clips[clip]
+        columns: dict[str, np.ndarray] = {}
+        if store.has_images:
+            columns["image"] = store.images(frames, view=view)
+        columns["ground truth"] = store.masks(frames, view=view)
+        columns["model"] = labels
+        if clip in tracked:
+            columns["tracked kMeans"] = tracked[clip]
+        name = _file_name(clip)
+        for path in draw_clip(columns, folder / f"{name}.png", folder / f"{name}.gif", ignore_label=ignore_label):
+            written.append(str(path.relative_to(folder.parent)))
+    return written
+
+
+def _file_name(clip: str) -> str:
+    """A clip id as a file name (clip ids may hold path separators)."""
+    return "".join(character if character.isalnum() or character in "-_." else "_" for character in clip).strip(".") or "clip"
+
+
+def clip_kmeans_baselines(
+    store: FeatureStore,
+    clips: dict[str, np.ndarray],
+    feature_kind: str,
+    view: str,
+    protocol: Protocol,
+    tracking: str = "centroid",
+    keep: list[str] | tuple[str, ...] = (),
+    show_progress: bool = False,
+) -> tuple[dict[str, float], dict[str, float], dict[str, np.ndarray]]:
+    """Per-frame kMeans (k = objects + background) of every frame of ``clips`` (clip id -> store indices in frame
+    order), untracked and tracked over each clip, scored per frame and per clip with ``protocol``.
+
+    Returns (per-frame kMeans summary, tracked kMeans summary, tracked label maps (T, M, M) of the clips in ``keep``).
+    Per-frame scores are the same for both (tracking only renames a frame's clusters); clip-pooled ones differ.
+    """
+    import numpy as np
+
+    from featcache.analysis.clustering import objects_per_image
+    from featcache.analysis.tracking import tracked_kmeans
+    from featcache.console import progress_bar
+    from featcache.metrics.protocols import METRIC_NAMES, MaskMetrics, score_clips, score_masks
+
+    size = store.layout.mask_size
+    frame_scores: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
+    true_frames: dict[str, list[np.ndarray]] = {}
+    untracked_frames: dict[str, list[np.ndarray]] = {}
+    tracked_frames: dict[str, list[np.ndarray]] = {}
+    kept: dict[str, np.ndarray] = {}
+    with progress_bar("clips", disable=not show_progress) as progress:
+        task = progress.add_task("kMeans per frame, tracked", total=len(clips), rate="")
+        for clip, frames in clips.items():
+            features = store.features(frames, view=view, kind=feature_kind).astype(np.float32)  # (T, h, w, C)
+            true = store.masks(frames, view=view).astype(np.int64)  # (T, M, M)
+            untracked, tracked = tracked_kmeans(features, objects_per_image(true) + 1, output_size=(size, size), cost=tracking)
+            scores = score_masks(true, untracked, protocol)
+            for name in METRIC_NAMES:
+                frame_scores[name].append(scores[name])
+            true_frames[clip], untracked_frames[clip], tracked_frames[clip] = list(true), list(untracked), list(tracked)
+            if clip in keep:
+                kept[clip] = tracked
+            progress.update(task, advance=1)
+    per_frame = {name: np.concatenate(values) if values else np.zeros(0) for name, values in frame_scores.items()}
+    summaries = []
+    for labels in (untracked_frames, tracked_frames):
+        clip_scores = {"clip_ari": {}, **score_clips(true_frames, labels, protocol)}
+        summaries.append(MaskMetrics(**per_frame, **clip_scores, protocol=protocol).summary())
+    return summaries[0], summaries[1], kept
 
 
 def kmeans_baseline_metrics(store: FeatureStore, indices: np.ndarray, feature_kind: str, view: str, protocol: Protocol) -> dict[str, float]:
@@ -175,7 +308,9 @@ def print_evaluation(result: dict[str, Any]) -> None:
 
     rows = [{"method": "model", **result["metrics"]}]
     if "kmeans_baseline" in result:
-        rows.append({"method": "per-image kMeans", **result["kmeans_baseline"]})
+        rows.append({"method": "per-frame kMeans" if "tracked_kmeans_baseline" in result else "per-image kMeans", **result["kmeans_baseline"]})
+    if "tracked_kmeans_baseline" in result:
+        rows.append({"method": f"tracked kMeans ({result['kmeans_tracking']['cost']})", **result["tracked_kmeans_baseline"]})
     protocol = result["protocol"]
     print_metrics_table(
         f"{result['run']} on {result['store']} ({protocol['name']} protocol, {protocol['mask_source']} masks at {protocol['resolution']} px"
