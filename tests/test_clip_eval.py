@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 from featcache.analysis.tracking import tracked_kmeans
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.datasets.base import IGNORE_LABEL
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, StoreError
 from featcache.extraction import extract
 from featcache.metrics.protocols import METRIC_NAMES, Protocol, score_clips
 from featcache.stages.evaluate import evaluate_run
@@ -156,4 +156,6 @@ def test_image_stores_keep_their_eval_keys(ocl_store: Path, tmp_path: Path) -> N
     assert set(written) == {"run", "store", "random_weights", "view", "protocol", "metrics", "kmeans_baseline", "evaluated", "versions"}
     assert set(written["kmeans_baseline"]) == set(written["metrics"]) == {*METRIC_NAMES, "images"}
     assert not (tmp_path / "eval" / "clips").exists()
+    with pytest.raises(StoreError, match="is not a video store"):
+        FeatureStore(ocl_store, warn_random=False).clips()
 
