@@ -53,7 +53,7 @@ def frames_of(dataset: Dataset) -> list:
     return [dataset.load(index) for index in range(len(dataset))]
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
+def save_image(array: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
 
@@ -206,15 +206,15 @@ def test_movi_slotformer_frame_folders(tmp_path: Path) -> None:
     for clip in range(2):
         for t in range(FRAMES):
             folder = root / "validation" / f"{clip:08d}"
-            save_png(clip_video(clip)[t], folder / f"{t:06d}.png")
-            save_png(clip_masks(clip)[t], folder / f"{t:06d}_mask.png")
+            save_image(clip_video(clip)[t], folder / f"{t:06d}.jpg")  # SlotFormer saves frames as JPEG
+            save_image(clip_masks(clip)[t], folder / f"{t:06d}_mask.png")
     (root / "train").mkdir()
     with pytest.raises(DatasetError, match="split folders train, validation; pass --split"):
         open_dataset(f"movi:{root}")
     dataset = open_dataset(f"movi:{root}", "validation")
     assert dataset.clip_ids() == ["00000000"] * 3 + ["00000001"] * 3
     sample = dataset.load(5)
-    np.testing.assert_array_equal(sample.image, clip_video(1)[2])
+    np.testing.assert_array_equal(sample.image, np.asarray(Image.open(root / "validation" / "00000001" / "000002.jpg").convert("RGB")))
     np.testing.assert_array_equal(sample.instance_mask, clip_masks(1)[2])
     np.testing.assert_array_equal(sample.instance_boxes, expected_boxes(clip_masks(1)[2]))
 
@@ -224,10 +224,10 @@ def test_movi_steve_per_id_masks(tmp_path: Path) -> None:
     masks = clip_masks(0)
     for t in range(FRAMES):
         folder = root / "00000000"
-        save_png(clip_video(0)[t], folder / f"{t:08d}_image.png")
+        save_image(clip_video(0)[t], folder / f"{t:08d}_image.png")
         for n in range(3):  # as with --max_num_objs 3: id 3 has no mask file
             binary = np.repeat(((masks[t] == n) * 255).astype(np.uint8)[..., None], 3, axis=2)  # save_image: 0/255 RGB
-            save_png(binary, folder / f"{t:08d}_mask_{n:02d}.png")
+            save_image(binary, folder / f"{t:08d}_mask_{n:02d}.png")
     dataset = open_dataset(f"movi:{root}")
     last = dataset.load(2)
     expected = masks[2].astype(np.uint16)
