@@ -246,6 +246,29 @@ def test_movi_empty_or_unknown_folder_is_one_line(tmp_path: Path) -> None:
         open_dataset(f"movi:{tmp_path / 'odd'}")
 
 
+def test_movi_damaged_shards_and_lmdb_are_one_line_errors(tmp_path: Path) -> None:
+    root = tmp_path / "shards"
+    write_shard(root / "movi_c-validation-000000.tar", {"0": {"video.npy": clip_video(0)[..., :2]}})
+    with pytest.raises(DatasetError, match=r"video\.npy of video 0 in .*movi_c-validation-000000\.tar is uint8 \(3, 48, 48, 2\); expected uint8 \(T, H, W, 3\)"):
+        open_dataset(f"movi:{root}")
+    write_shard(root / "movi_c-validation-000000.tar", {"0": {"video.npy": clip_video(0), "segmentations.npy": clip_masks(0)[..., None]}})
+    data = (root / "movi_c-validation-000000.tar").read_bytes()
+    dataset = open_dataset(f"movi:{root}")
+    (root / "movi_c-validation-000000.tar").write_bytes(data[:3000])  # cut inside the first video's frames
+    with pytest.raises(DatasetError, match=r"shard .*movi_c-validation-000000\.tar is truncated at frame 1"):
+        dataset.load(1)
+    lmdb = pytest.importorskip("lmdb", reason="the lmdb package (extra 'video') is not installed")
+    env = lmdb.open(str(tmp_path / "train.lmdb"), map_size=2**20, subdir=False)
+    with env.begin(write=True) as transaction:
+        transaction.put(b"000000", pickle.dumps({}))
+    env.close()
+    with pytest.raises(DatasetError, match=r"LMDB .*train\.lmdb has no '__keys__' entry; expected an LMDB written by VVO's MOVi converter"):
+        open_dataset(f"movi:{tmp_path / 'train.lmdb'}")
+    path = write_movi_lmdb(tmp_path / "validation.lmdb", [{"bbox": np.zeros((24, 1, 4), np.float32)}])
+    with pytest.raises(DatasetError, match=r"record 000000 of .*validation\.lmdb has keys \['bbox'\]; expected 'video' and 'segment'"):
+        open_dataset(f"movi:{path}").load(0)
+
+
 # --- YouTube-VIS --------------------------------------------------------------------------------------------------
 
 

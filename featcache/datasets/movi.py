@@ -312,7 +312,7 @@ class _FrameFolderSource(_Source):
     """Video folders of frame files: SlotFormer's ``<t>.jpg`` + ``<t>_mask.png`` or STEVE's ``<t>_image.png`` +
     ``<t>_mask_<n>.png``."""
 
-    def __init__(self, directory: Path, videos: list[Path]) -> None:
+    def __init__(self, videos: list[Path]) -> None:
         self.clips = [video.name for video in videos]
         # Per clip: the frame files in time order, and per frame the mask file(s).
         self._frames: list[list[Path]] = []
@@ -379,8 +379,10 @@ class MoviDataset(Dataset):
 
     def __init__(self, root: str, split: str | None = None) -> None:
         path = Path(os.path.abspath(os.path.expanduser(root)))
-        if path.is_file() and path.suffix == ".lmdb":
-            super().__init__(str(path), split)
+        if path.is_file() and path.suffix == ".lmdb":  # VVO names the file after its split
+            if split is not None and split != path.stem:
+                raise DatasetError(f"--split {split} does not match LMDB {path}; expected {path.stem} (or ROOT/{split}.lmdb)")
+            super().__init__(str(path), path.stem)
             self.layout = "lmdb"
             self._source: _Source = _LmdbSource(path)
         else:
@@ -415,7 +417,7 @@ class MoviDataset(Dataset):
             raise DatasetError(f"{directory} holds no MOVi data; {EXPECTED_LAYOUTS}")
         if split is None and all(video.name in ("train", "validation", "test") for video in videos):
             raise DatasetError(f"{directory} holds split folders {', '.join(v.name for v in videos)}; pass --split with one of them")
-        return split, "frames", _FrameFolderSource(directory, videos)
+        return split, "frames", _FrameFolderSource(videos)
 
     @property
     def max_instances(self) -> int:
