@@ -333,7 +333,7 @@ def test_clevrtex_adapter(tmp_path: Path) -> None:
 
 
 def test_registry_lists_every_format() -> None:
-    assert DATASETS.names() == ["clevrtex", "clips", "coco", "folder", "voc"]
+    assert DATASETS.names() == ["clevrtex", "clips", "coco", "folder", "movi", "video", "voc", "ytvis"]
 
 
 def test_open_dataset_errors(tmp_path: Path) -> None:
@@ -342,11 +342,11 @@ def test_open_dataset_errors(tmp_path: Path) -> None:
         open_dataset(str(missing))
     with pytest.raises(DatasetError, match=f"{missing} does not exist"):
         open_dataset(f"coco:{missing}")
-    known = "clevrtex, clips, coco, folder, voc"
+    known = "clevrtex, clips, coco, folder, movi, video, voc, ytvis"
     with pytest.raises(FeatcacheError, match=f"unknown dataset format 'imagenet'; known: {known}"):
         open_dataset(f"imagenet:{tmp_path}")
     (tmp_path / "loose.png").write_bytes(b"")
-    with pytest.raises(DatasetError, match="write FORMAT:PATH with FORMAT one of clevrtex, clips, coco, folder, voc"):
+    with pytest.raises(DatasetError, match=f"write FORMAT:PATH with FORMAT one of {known}"):
         open_dataset(str(tmp_path))
     with pytest.raises(DatasetError, match="is a file"):
         open_dataset(str(tmp_path / "loose.png"))

@@ -1,8 +1,8 @@
 """Video datasets exported to frames: ``ROOT/<clip_id>/images/<frame>.png``, optional ``masks/<frame>.png``.
 
 Each clip folder follows the image-folder layout (instance ids stable over a clip's frames, optional
-per-clip annotations.json), so decoding is delegated to ``ImageFolder``. YTVIS and MOVi exports and the
-synthetic video generator use this layout.
+per-clip annotations.json), so decoding is delegated to ``ImageFolder``. The synthetic video generator writes
+this layout; MOVi and YouTube-VIS in their own release/converter layouts are read by ``movi:`` and ``ytvis:``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from featcache.operations import Operation, declare, param
 
 @dataclass(frozen=True)
 class ExtractParams:
-    data: str = param("", help="Dataset: a folder, or FORMAT:PATH with FORMAT folder|coco|voc|clevrtex|clips.", required=True)
-    split: str | None = param(None, help="Dataset split (coco: val2017, voc: val, clevrtex: test/val/train).")
+    data: str = param("", help="Dataset: a folder, or FORMAT:PATH with FORMAT folder|coco|voc|clevrtex|clips|movi|ytvis|video (video:PATH?stride=N&max_frames=M).", required=True)
+    split: str | None = param(None, help="Dataset split (coco: val2017, voc: val, clevrtex: test/val/train, movi: train/validation, ytvis: train/valid).")
     config: list[str] = param(help="Extraction config file(s) (configs/extract/), layered in order.", role="config", default_factory=list)
     set: dict[str, Any] = param(help="Config override key=value (repeatable), e.g. weights=random.", role="set", default_factory=dict)
     out: str = param("", help="Store to create, or to resume when it exists with the same inputs.", role="out", required=True)
