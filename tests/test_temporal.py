@@ -232,3 +232,21 @@ def test_video_configs_at_paper_size_take_a_step(name: str, clip_store: Path) ->
     loss = model(features, tokens, model.draw_noise(1, 2, torch.Generator().manual_seed(0), torch.device("cpu")), boxes).loss
     loss.backward()
     assert np.isfinite(loss.item()) and model.frame.aggregator.to_keys.weight.grad.abs().sum() > 0
+
+
+def test_online_clips_match_the_cache_in_the_first_steps(clip_store: Path, tmp_path: Path) -> None:
+    """--online for video: the VFM (and VQ) run on each window's frames every step, same windows as the cache."""
+    config = replace(video_config("vvo-tfdt", steps=3), model=replace(video_config().model, projection_dropout=0.0))
+    cached = train_ocl(clip_store, config, tmp_path / "cached", device="cpu", show_progress=False)
+    online = train_ocl(clip_store, config, tmp_path / "online", device="cpu", show_progress=False, online=True)
+    np.testing.assert_allclose(online.first_losses, cached.first_losses, rtol=2e-2)
+
+
+def test_fused_seeds_refuse_temporal_configs(tmp_path: Path) -> None:
+    from featcache.errors import ConfigError
+    from featcache.training.config import with_seed
+    from featcache.training.fused import check_fusable
+
+    config = video_config()
+    with pytest.raises(ConfigError, match="fused seeds train image models only"):
+        check_fusable([with_seed(config, 0), with_seed(config, 1)], [tmp_path / "a", tmp_path / "b"])

@@ -116,7 +116,7 @@ class ClipBatches:
             self._tokens = torch.from_numpy(store.tokens(self.token_name, slice(0, len(store)), view=self.views).astype(np.int64)) if self.token_name else None
 
     def _choose_mode(self, mode: str) -> str:
-        if mode in ("memory", "stream"):
+        if mode in ("memory", "stream", "online"):  # online: OnlineClipBatches computes the features per batch
             return mode
         if mode not in ("auto",):
             raise ConfigError(f"config key 'train.loader' {mode!r}: clip windows are read in memory or stream mode")
