@@ -70,3 +70,19 @@ def test_temporal_mapping_refuses_foreign_weights() -> None:
     weights = {k: v for k, v in tensors["weights"].items() if not k.startswith("transit.")}
     with pytest.raises(FeatcacheError, match="transit"):
         map_vvo_temporal(weights)
+
+
+def test_videosaur_transit_equals_videosaur_predictor() -> None:
+    """``transit: videosaur`` holding the weights of videosaur's predictor (TransformerEncoder, one block) computes it."""
+    from featcache.interop.vvo_temporal import map_videosaur_predictor
+    from featcache.ocl.temporal import build_transit
+
+    tensors, metadata = load_fixture("videosaur_predictor")
+    config = fixture_config(metadata)
+    transit = build_transit(TemporalConfig(enabled=True, transit="videosaur", transit_heads=config["n_heads"]), config["dim"])
+    transit.load_state_dict(map_videosaur_predictor(tensors["weights"]), strict=True)
+    transit.eval()
+    with torch.no_grad():
+        assert_close(transit(tensors["input"]["slots"]), tensors["output"]["predicted"], what="videosaur predictor")
+    transit.train()  # no dropout: training mode computes the same
+    assert_close(transit(tensors["input"]["slots"]), tensors["output"]["predicted"], what="videosaur predictor (train mode)")

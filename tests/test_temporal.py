@@ -24,7 +24,7 @@ from featcache.ocl.config import OCLModelConfig, TemporalConfig
 from featcache.ocl.temporal import TemporalOCLModel, boxes_from_masks, frame_config
 from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore
-from featcache.training.clips import ClipBatches, clip_table, window_starts
+from featcache.training.clips import ClipBatches, clip_table, evaluation_clips, window_starts
 from featcache.training.config import OCLTrainConfig
 from featcache.training.ocl import train_ocl
 from tests.conftest import OCL_EXTRACT, single_torch_thread
@@ -149,6 +149,9 @@ def test_loader_windows_are_strided_and_within_one_clip(clip_store: Path) -> Non
     store = FeatureStore(clip_store, warn_random=False)
     table = clip_table(store)
     assert len(table) == 5 and all(len(frames) == 6 for frames in table.values())
+    for clip, frames in table.items():
+        assert set(np.array(store.clip_ids)[frames]) == {clip} and store.frame_indices[frames].tolist() == list(range(6))
+    assert [len(evaluation_clips(store, limit)) for limit in (1, 7, 12, None)] == [1, 1, 2, 5]  # whole clips, >= 1
     temporal = TemporalConfig(enabled=True, window=3, query_init="bbox")
     batches = ClipBatches(store, 4, torch.device("cpu"), temporal, num_slots=8, seed=0, token_name="vvo-c256", mode="memory")
     streamed = ClipBatches(store, 4, torch.device("cpu"), temporal, num_slots=8, seed=0, token_name="vvo-c256", mode="stream")

@@ -53,3 +53,17 @@ def map_vvo_temporal(official: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         raise FeatcacheError("VVO temporal state dict has no transit.* weights")
     mapped.update({f"transit.{key}": value for key, value in transit.items()})
     return mapped
+
+
+def map_videosaur_predictor(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """videosaur's predictor ``TransformerEncoder(n_blocks=1)`` (its own Attention with one ``qkv`` Linear) ->
+    featcache's ``transit: videosaur`` (PyTorch's TransformerEncoderLayer: ``in_proj_weight`` is the same stacked
+    q/k/v matrix). Keys relative to the official module and to ``transit``."""
+    block = _under(state, "blocks.0.")
+    if any(key.startswith("blocks.1.") for key in state):
+        raise FeatcacheError("videosaur predictor has more than one block; featcache's transit: videosaur has one")
+    renamed = {"self_attn.qkv.weight": "self_attn.in_proj_weight", "self_attn.qkv.bias": "self_attn.in_proj_bias"}
+    expected = {*renamed, "self_attn.out_proj.weight", "self_attn.out_proj.bias",
+                *(f"{layer}.{part}" for layer in ("linear1", "linear2", "norm1", "norm2") for part in ("weight", "bias"))}
+    _check_keys("videosaur predictor block", block, expected)
+    return {renamed.get(key, key): value for key, value in block.items()}

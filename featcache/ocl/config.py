@@ -38,7 +38,8 @@ class TemporalConfig:
     enabled: bool = False
     #: Slots of frame t -> queries of frame t+1. ``transformer``: VVO's ``nn.TransformerEncoderLayer`` (post-norm,
     #: GELU, no biases, dropout 0.1); ``videosaur``: VideoSAUR's predictor (one pre-norm transformer block, ReLU,
-    #: with biases, no dropout; videosaur/modules/networks.py TransformerEncoder, n_blocks 1); ``none``: every frame
+    #: with biases, no dropout, attention logits scaled by sqrt(head_dim) as videosaur's Attention computes them;
+    #: videosaur/modules/networks.py TransformerEncoder, n_blocks 1); ``none``: every frame
     #: starts from fresh queries (the same model frame by frame: the ablation without temporal propagation).
     transit: Literal["none", "transformer", "videosaur"] = "transformer"
     #: Attention heads of the transit layer (VVO and videosaur: 4).

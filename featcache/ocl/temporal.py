@@ -9,10 +9,12 @@ it equals the image model on each frame (the ablation).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from featcache.errors import ConfigError, FeatcacheError
@@ -49,10 +51,46 @@ def build_transit(config: TemporalConfig, slot_dim: int) -> nn.Module | None:
             slot_dim, config.transit_heads, feedforward, config.transit_dropout, activation="gelu",
             batch_first=True, norm_first=False, bias=False,
         )
-    # videosaur's predictor: TransformerEncoder(n_blocks=1): one pre-norm layer, ReLU, biases, no dropout.
-    return nn.TransformerEncoderLayer(
-        slot_dim, config.transit_heads, feedforward, 0.0, activation="relu", batch_first=True, norm_first=True, bias=True
-    )
+    return VideosaurPredictor(slot_dim, config.transit_heads, feedforward)
+
+
+class VideosaurPredictor(nn.Module):
+    """videosaur's predictor (modules/networks.py ``TransformerEncoder`` with n_blocks=1, configs/videosaur/*.yml): one
+    pre-norm transformer block over the slots, ReLU, biases, no dropout.
+
+    Its attention (``networks.Attention``) computes the logits as ``q / scale @ k^T`` with ``scale = head_dim^-0.5``,
+    i.e. multiplied by sqrt(head_dim) where the usual attention divides by it; kept as videosaur has it. Parameter
+    names follow PyTorch's ``nn.TransformerEncoderLayer`` (``self_attn.in_proj_weight`` = videosaur's ``qkv``).
+    """
+
+    def __init__(self, dim: int, heads: int, feedforward: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.self_attn = nn.MultiheadAttention(dim, heads, bias=True, batch_first=True)  # holds in_proj_* and out_proj
+        self.linear1 = nn.Linear(dim, feedforward)
+        self.linear2 = nn.Linear(feedforward, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        with torch.no_grad():  # videosaur's Attention.init_parameters: Glorot per q/k/v part and out_proj, zero biases
+            bound = math.sqrt(6.0 / (2 * dim))
+            self.self_attn.in_proj_weight.uniform_(-bound, bound)
+            self.self_attn.in_proj_bias.zero_()
+            nn.init.xavier_uniform_(self.self_attn.out_proj.weight)
+            self.self_attn.out_proj.bias.zero_()
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention (B, S, D) -> (B, S, D) with videosaur's logit scale sqrt(head_dim)."""
+        batch, slots, dim = x.shape
+        head_dim = dim // self.heads
+        q, k, v = F.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(batch, slots, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, S, d)
+        attention = (q * math.sqrt(head_dim) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, S, S)
+        out = (attention @ v).transpose(1, 2).reshape(batch, slots, dim)
+        return self.self_attn.out_proj(out)
+
+    def forward(self, slots: torch.Tensor) -> torch.Tensor:
+        x = slots + self.attend(self.norm1(slots))
+        return x + self.linear2(F.relu(self.linear1(self.norm2(x))))
 
 
 def build_box_queries(slot_dim: int) -> nn.Sequential:
