@@ -74,6 +74,8 @@ def dropout_keys(config: OCLTrainConfig) -> list[str]:
     """The config keys that switch on dropout in the model this config builds (settings of unused decoders ignored)."""
     active = config.model.decoder.name
     unused = tuple(f"model.decoder.{name}." for name in DECODER_TARGETS if name != active)
+    if not config.model.temporal.enabled:  # image models build no transit
+        unused += ("model.temporal.",)
     return [
         key
         for key, value in flatten_keys(to_dict(config)).items()
