@@ -204,11 +204,12 @@ def bench_ocl(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     work_dir: Path = typer.Option(Path("cache/bench-ocl"), help="Scratch folder (re-created)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    video: bool = typer.Option(False, "--video", help="Temporal configs (vvo-tfdt, videosaur-mlp + tiny-video) on synthetic clips."),
 ) -> None:
-    """OCL training samples/s from the cache vs online, for vvo-tfd and dinosaur-mlp, same run."""
+    """OCL training samples/s from the cache vs online, for vvo-tfd and dinosaur-mlp (--video: vvo-tfdt, videosaur-mlp), same run."""
     from featcache.bench.ocl import print_ocl_benchmark, run_ocl_benchmark
 
-    result = run_ocl_benchmark(work_dir, configs, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device)
+    result = run_ocl_benchmark(work_dir, configs, images=images, resolution=resolution, steps=steps, rounds=rounds, device=device, video=video)
     print_ocl_benchmark(result)
     _write_json(json_out, result)
 

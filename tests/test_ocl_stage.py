@@ -44,10 +44,11 @@ def store(ocl_store: Path) -> Path:
 
 
 #: Layer presets: not runnable alone, layered after every method config.
-PRESETS = ("tiny", "random-vfm", "known-answer")
+PRESETS = ("tiny", "random-vfm", "known-answer", "tiny-video")
 
 
-SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS)
+#: Image configs; the temporal ones (model.temporal.enabled) run on a clip store in tests/test_temporal.py.
+SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.stem not in PRESETS and "temporal:" not in p.read_text())
 
 
 def paper_size_step(store: Path, config: OCLTrainConfig) -> float:

@@ -168,17 +168,26 @@ class IterativeSlotAttention(nn.Module):
         slots = slots + self.mlp(slots)
         return slots, attention
 
-    def forward(self, inputs: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> AggregatorOutput:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        noise: dict[str, torch.Tensor] | None = None,
+        initial: torch.Tensor | None = None,
+        iterations: int | None = None,
+    ) -> AggregatorOutput:
         """inputs (B, N, D_in) -> slots (B, S, D) and the last attention (B, S, N).
 
         ``noise``: ``draw_noise``'s output for this batch; None draws any noise from torch's global generator.
+        ``initial`` (B, S, D): start from these slots instead of the learned queries (temporal models: the previous
+        frame's transited slots, or queries from boxes); ``iterations``: override the configured number of rounds.
         """
         inputs = self.input_norm(inputs)
         keys = self.to_keys(inputs)  # (B, N, D)
         values = self.to_values(inputs)  # (B, N, D)
-        initial = self.initial_slots(inputs.shape[0], inputs, (noise or {}).get("slots"))
+        if initial is None:
+            initial = self.initial_slots(inputs.shape[0], inputs, (noise or {}).get("slots"))
         slots = initial
-        for _ in range(self.iterations - 1):
+        for _ in range((iterations or self.iterations) - 1):
             slots, _ = self.attend(slots, keys, values)
         if self.straight_through:
             # Same value as ``slots``; the gradient skips the earlier rounds and lands on the initial slots.

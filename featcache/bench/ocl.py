@@ -24,11 +24,13 @@ from featcache.training.tokenize import tokenize_store
 from featcache.training.vq import train_vq
 
 METHODS = ("vvo-tfd", "dinosaur-mlp")
+#: ``--video``: the temporal configs, with tiny-video.yaml, on synthetic clips (samples/s counts clip windows).
+VIDEO_METHODS = ("vvo-tfdt", "videosaur-mlp")
 
 
-def build_tokenized_benchmark_store(work_dir: Path, configs_dir: Path, images: int, resolution: int, device: str) -> Path:
+def build_tokenized_benchmark_store(work_dir: Path, configs_dir: Path, images: int, resolution: int, device: str, video: bool = False) -> Path:
     """``build_benchmark_store`` plus the token set ``vvo-c256`` (configs/vq/tiny.yaml, 20 steps) the VVO configs read."""
-    store = build_benchmark_store(work_dir, images, resolution, device)
+    store = build_benchmark_store(work_dir, images, resolution, device, video)
     vq_config = load_config(VQTrainConfig, configs_dir.parent / "vq" / "tiny.yaml")
     vq_config = replace(vq_config, train=replace(vq_config.train, steps=20, loader="memory"))
     train_vq(store, vq_config, work_dir / "vq", device=device, show_progress=False)
@@ -44,12 +46,16 @@ def run_ocl_benchmark(
     steps: int = 10,
     rounds: int = 2,
     device: str = "cpu",
+    video: bool = False,
 ) -> dict[str, Any]:
+    """Cached vs online training speed; ``video``: temporal configs on synthetic clips (``images`` frames in all)."""
     work_dir = Path(work_dir)
-    store = build_tokenized_benchmark_store(work_dir, configs_dir, images, resolution, device)
-    results: dict[str, Any] = {"machine": machine_description(), "resolution": resolution, "steps_per_round": steps, "rounds": rounds, "methods": {}}
-    for method in METHODS:
-        config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / "tiny.yaml"])
+    store = build_tokenized_benchmark_store(work_dir, configs_dir, images, resolution, device, video)
+    results: dict[str, Any] = {"machine": machine_description(), "resolution": resolution, "steps_per_round": steps, "rounds": rounds,
+                               "video": video, "methods": {}}
+    for method in VIDEO_METHODS if video else METHODS:
+        preset = "tiny-video.yaml" if video else "tiny.yaml"
+        config = load_config(OCLTrainConfig, [configs_dir / f"{method}.yaml", configs_dir / preset])
         config = replace(
             config, train=replace(config.train, steps=steps, log_every=steps, checkpoint_every=steps, loader="memory"), validate_every=0
         )
@@ -63,8 +69,11 @@ def run_ocl_benchmark(
 
 
 def print_ocl_benchmark(result: dict[str, Any]) -> None:
-    table = Table(title=f"OCL training, cache vs online (tiny preset, DINOv2 ViT-S/14 random weights at {result['resolution']} px; {result['machine']})")
-    for column in ("method", "cache (samples/s)", "online (samples/s)", "cache / online", "waiting for data (cache)"):
+    video = result.get("video", False)
+    unit = "clip windows/s" if video else "samples/s"
+    table = Table(title=f"OCL training, cache vs online ({'tiny-video preset, synthetic clips' if video else 'tiny preset'}, DINOv2 ViT-S/14 "
+                        f"random weights at {result['resolution']} px; {result['machine']})")
+    for column in ("method", f"cache ({unit})", f"online ({unit})", "cache / online", "waiting for data (cache)"):
         table.add_column(column, justify="right" if column != "method" else "left")
     for method, figures in result["methods"].items():
         table.add_row(

@@ -23,14 +23,18 @@ from featcache.training.loop import TrainResult
 from featcache.training.vq import train_vq
 
 
-def build_benchmark_store(work_dir: Path, images: int, resolution: int, device: str) -> Path:
-    """A fresh synthetic store (DINOv2 ViT-S/14, random weights) under ``work_dir`` for training benchmarks."""
+def build_benchmark_store(work_dir: Path, images: int, resolution: int, device: str, video: bool = False) -> Path:
+    """A fresh synthetic store (DINOv2 ViT-S/14, random weights) under ``work_dir`` for training benchmarks; ``video``:
+    clips of 8 frames, ``images`` frames in all."""
     if work_dir.exists():
         shutil.rmtree(work_dir)
-    data = write_synthetic(work_dir / "shapes", images=images, seed=0)
+    if video:
+        data = write_synthetic(work_dir / "clips", images=max(2, images // 8), seed=0, video=True, frames=8)
+    else:
+        data = write_synthetic(work_dir / "shapes", images=images, seed=0)
     store = work_dir / "store.zarr"
     config = ExtractConfig(vfm="dino2-s14", weights="random", resolution=resolution, samples_per_chunk=16, batch_size=16)
-    extract(open_dataset(str(data)), store, config, device=device, show_progress=False)
+    extract(open_dataset(f"clips:{data}" if video else str(data)), store, config, device=device, show_progress=False)
     return store
 
 

@@ -349,3 +349,48 @@ __all__ = [
     "score_masks",
     "write_mask_grid",
 ]
+
+
+@torch.no_grad()
+def evaluate_clip_masks(
+    predict: Any,
+    store: FeatureStore,
+    clips: dict[str, np.ndarray],
+    protocol: Protocol,
+    feature_kind: str | None,
+    token_name: str | None,
+    device: torch.device,
+    view: str = "center",
+    show_progress: bool = False,
+) -> tuple[MaskMetrics, np.ndarray]:
+    """Temporal models: run ``predict(features (1, T, h, w, C), tokens (1, T, h, w) | None, frame indices (T,))
+    -> (1, T, S, h, w)`` over each whole clip (``clips``: clip id -> its sample indices in frame order), score every
+    frame and, pooled over each clip's frames, the protocol's clip metrics (slot identities must persist over
+    the clip). Returns metrics and the predicted label maps of the first 8 frames."""
+    if not store.has_masks:
+        raise StoreError(f"store {store.path} has no instance masks: evaluation needs ground truth")
+    size = store.layout.mask_size
+    per_image: dict[str, list[np.ndarray]] = {"ari": [], "fg_ari": [], "mbo": [], "miou": []}
+    examples: list[np.ndarray] = []
+    clip_true: dict[str, list[np.ndarray]] = {}
+    clip_predicted: dict[str, list[np.ndarray]] = {}
+    with progress_bar("clips", disable=not show_progress) as progress:
+        task = progress.add_task("eval", total=len(clips), rate="")
+        for clip, indices in clips.items():
+            features = torch.from_numpy(store.features(indices, view=view).astype(np.float32)).to(device)[None]  # (1, T, h, w, C)
+            if feature_kind is not None and feature_kind != store.stored_kind:
+                features = store.derive(features, feature_kind)
+            tokens = torch.from_numpy(store.tokens(token_name, indices, view=view).astype(np.int64)).to(device)[None] if token_name else None
+            predicted = labels_from_patch_masks(predict(features, tokens, indices)[0], size)  # (T, M, M)
+            true = store.masks(indices, view=view).astype(np.int64)  # (T, M, M)
+            scores = score_masks(true, predicted, protocol)
+            for name in per_image:
+                per_image[name].append(scores[name])
+            if len(examples) < 8:
+                examples.extend(list(predicted[: 8 - len(examples)]))
+            clip_true[clip] = list(true)
+            clip_predicted[clip] = list(predicted)
+            progress.update(task, advance=1)
+    clip_scores = {"clip_ari": {}, **score_clips(clip_true, clip_predicted, protocol)} if protocol.clip_metrics else {"clip_ari": {}}
+    metrics = MaskMetrics(**{name: np.concatenate(values) for name, values in per_image.items()}, **clip_scores, protocol=protocol)
+    return metrics, np.stack(examples) if examples else np.zeros((0, size, size), np.int64)

@@ -20,8 +20,56 @@ __all__ = [
     "DiffusionDecoderConfig",
     "MlpDecoderConfig",
     "OCLModelConfig",
+    "TemporalConfig",
     "TransformerDecoderConfig",
 ]
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """Video OCL (VVO's ``VqVfmOclT``, VideoSAUR): the image model run over a clip's frames in order, each frame's
+    slot attention starting from the previous frame's slots passed through ``transit``.
+
+    Off by default (image models). The defaults are the official VVO temporal code's
+    (object_centric_bench/model/vqvfmocl.py ``VqVfmOclT``, config-vqdino/vqdino_tfdt_c-movi_d.py).
+    """
+
+    #: Train and evaluate on clips (a video store): features (B, T, h, w, C).
+    enabled: bool = False
+    #: Slots of frame t -> queries of frame t+1. ``transformer``: VVO's ``nn.TransformerEncoderLayer`` (post-norm,
+    #: GELU, no biases, dropout 0.1); ``videosaur``: VideoSAUR's predictor (one pre-norm transformer block, ReLU,
+    #: with biases, no dropout, attention logits scaled by sqrt(head_dim) as videosaur's Attention computes them;
+    #: videosaur/modules/networks.py TransformerEncoder, n_blocks 1); ``none``: every frame
+    #: starts from fresh queries (the same model frame by frame: the ablation without temporal propagation).
+    transit: Literal["none", "transformer", "videosaur"] = "transformer"
+    #: Attention heads of the transit layer (VVO and videosaur: 4).
+    transit_heads: int = 4
+    #: Feed-forward width of the transit layer; 0 = 4 x slot_dim (both anchors).
+    transit_feedforward: int = 0
+    #: Dropout of the ``transformer`` transit (VVO: 0.1; the ``videosaur`` transit has none).
+    transit_dropout: float = 0.1
+    #: First frame's queries: ``learned``: the aggregator's own queries (VVO's Gaussian initialiser, videosaur's
+    #: RandomInit); ``bbox``: VVO's ``MLP(in_dim=4, dims=[D, D])`` of the first frame's boxes (l, t, r, b in [0, 1]),
+    #: derived from the stored instance masks of the view: slot k gets instance k+1's box, slots without an
+    #: instance in the first frame get zeros (VVO's PadTo1 value 0).
+    query_init: Literal["learned", "bbox"] = "learned"
+    #: Slot-attention rounds on the first frame; 0 = ``aggregator.iterations`` (videosaur: 3 first, then 2).
+    first_frame_iterations: int = 0
+    #: Frames per training window (VVO's StridedRandomSlice1 size 6); evaluation runs whole clips.
+    window: int = 6
+    #: ``strided``: windows start at multiples of ``window`` (VVO's StridedRandomSlice1: non-overlapping);
+    #: ``any``: at any frame (VVO's RandomSliceTo1).
+    window_sampling: Literal["strided", "any"] = "strided"
+
+    def __post_init__(self) -> None:
+        for name in ("transit_heads", "window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config key 'temporal.{name}' must be at least 1, got {getattr(self, name)}")
+        for name in ("transit_feedforward", "first_frame_iterations"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key 'temporal.{name}' must be at least 0, got {getattr(self, name)}")
+        if not 0.0 <= self.transit_dropout < 1.0:
+            raise ConfigError(f"config key 'temporal.transit_dropout' must lie in [0, 1), got {self.transit_dropout}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +100,8 @@ class OCLModelConfig:
     #: Object masks for evaluation: slot-attention maps, or the decoder's own masks (mlp: its alphas; tfd: its last
     #: cross-attention to the slots; dfz has none).
     mask_source: Literal["attention", "decoder"] = "attention"
+    #: Video models (off for image models): see ``TemporalConfig``.
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
     def __post_init__(self) -> None:
         if self.projection_hidden < 1:

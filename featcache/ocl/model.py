@@ -149,11 +149,15 @@ class OCLModel(nn.Module):
             raise FeatcacheError(
                 f"features must be (B, {height}, {width}, {self.feature_dim}), got {tuple(features.shape)}"
             )
+        return self.aggregator(self.project(features), noise)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, h, w, C) -> the aggregator's inputs (B, N, D): projection (+ position embedding)."""
         flat = features.float().flatten(1, 2)  # (B, h, w, C) -> (B, N, C)
         inputs = self.projection(flat)  # (B, N, D)
         if self.input_position is not None:
             inputs = self.input_position(inputs)
-        return self.aggregator(inputs, noise)
+        return inputs
 
     def decoder_targets(self, features: torch.Tensor, tokens: torch.Tensor | None) -> DecoderTargets:
         """What the decoder reads: the features, plus tokens and their codebook vectors when it needs them."""

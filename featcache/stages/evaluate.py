@@ -120,6 +120,8 @@ def evaluate_run(
     kMeans tracked over each clip with the ``tracking`` cost, and the first ``clip_pictures`` clips are drawn into
     ``clips/<clip id>.png`` / ``.gif``.
     """
+    import numpy as np
+
     from featcache import records
     from featcache.metrics.protocols import evaluate_masks, get_protocol, predict_labels, write_mask_grid
     from featcache.provenance import library_versions, utc_now
@@ -146,19 +148,30 @@ def evaluate_run(
         model.use_mask_source(mask_source)  # type: ignore[arg-type]
     protocol = get_protocol(protocol_name)
     feature_kind = info["store"]["feature_kind"]
-    indices = store.valid_indices()[:limit] if limit else store.valid_indices()
-    metrics, examples = evaluate_masks(
-        partial(model.predict_masks, generator=evaluation_generator(target_device)),
-        store,
-        indices,
-        protocol,
-        feature_kind,
-        config.tokens or None,
-        target_device,
-        view,
-        batch_size,
-        show_progress,
-    )
+    if config.model.temporal.enabled:  # whole clips, recurrently: masks per frame, clip metrics pooled per clip
+        from featcache.metrics.protocols import evaluate_clip_masks
+        from featcache.training.clips import clip_predictor, evaluation_clips
+
+        clips = evaluation_clips(store, limit)
+        indices = np.concatenate(list(clips.values()))
+        metrics, examples = evaluate_clip_masks(
+            clip_predictor(model, store, view, evaluation_generator(target_device)),
+            store, clips, protocol, feature_kind, config.tokens or None, target_device, view, show_progress,
+        )
+    else:
+        indices = store.valid_indices()[:limit] if limit else store.valid_indices()
+        metrics, examples = evaluate_masks(
+            partial(model.predict_masks, generator=evaluation_generator(target_device)),
+            store,
+            indices,
+            protocol,
+            feature_kind,
+            config.tokens or None,
+            target_device,
+            view,
+            batch_size,
+            show_progress,
+        )
     result: dict[str, Any] = {
         "run": str(run_dir),
         "store": str(store.path),
@@ -169,6 +182,9 @@ def evaluate_run(
             "mask_source": model.config.mask_source,
             "resolution": store.layout.mask_size,
             "overlaps": "pixels of overlapping instances are ignore pixels (set by the dataset adapter)",
+            **({"temporal": "whole clips run recurrently (every frame, in order); clip metrics pooled over each clip's frames",
+                "query_init": config.model.temporal.query_init, "transit": config.model.temporal.transit}
+               if config.model.temporal.enabled else {}),
         },
         "metrics": metrics.summary(),
         "evaluated": utc_now(),

@@ -40,6 +40,11 @@ def check_fusable(configs: list[OCLTrainConfig], run_dirs: list[Path]) -> None:
     """One-line ConfigError unless the configs can train fused: same everything but ``train.seed``, no dropout."""
     if not configs or len(configs) != len(run_dirs):
         raise ConfigError(f"fused seeds need one run folder per config; got {len(configs)} configs and {len(run_dirs)} run folders")
+    if configs[0].model.temporal.enabled:
+        raise ConfigError(
+            "fused seeds train image models only: the temporal model's clip windows and recurrent per-frame step are not "
+            "batched over seeds; train the seeds of a temporal config separately"
+        )
     seeds = [config.train.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"fused seeds must differ; got seeds {seeds}")
@@ -69,6 +74,8 @@ def dropout_keys(config: OCLTrainConfig) -> list[str]:
     """The config keys that switch on dropout in the model this config builds (settings of unused decoders ignored)."""
     active = config.model.decoder.name
     unused = tuple(f"model.decoder.{name}." for name in DECODER_TARGETS if name != active)
+    if not config.model.temporal.enabled:  # image models build no transit
+        unused += ("model.temporal.",)
     return [
         key
         for key, value in flatten_keys(to_dict(config)).items()

@@ -14,11 +14,13 @@ import torch
 
 from featcache import records
 from featcache.config import to_dict
-from featcache.metrics.protocols import evaluate_masks, get_protocol
+from featcache.metrics.protocols import evaluate_clip_masks, evaluate_masks, get_protocol
 from featcache.ocl import OCLModel, OCLOutput
+from featcache.ocl.temporal import TemporalOCLModel, TemporalOutput
 from featcache.runtime import noise_generator, resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder, run_lock
+from featcache.training.clips import ClipBatch, ClipBatches, clip_predictor, evaluation_clips
 from featcache.training.config import OCLTrainConfig
 from featcache.training.loader import Batch, CachedBatches
 from featcache.training.loop import TrainResult, restore, train_loop
@@ -33,28 +35,36 @@ def open_training_store(store_path: str | Path, config: OCLTrainConfig) -> tuple
     return store, resolve_feature_kind(store, config.feature_kind)
 
 
-def build_seeded_model(config: OCLTrainConfig, store: FeatureStore, device: torch.device) -> OCLModel:
+def build_seeded_model(config: OCLTrainConfig, store: FeatureStore, device: torch.device) -> OCLModel | TemporalOCLModel:
     """The run's freshly initialised model: torch's generators are seeded with ``config.train.seed`` first."""
     seed_everything(config.train.seed)
     return build_ocl_model(config, store).to(device)
 
 
-def ocl_batches(store: FeatureStore, config: OCLTrainConfig, device: torch.device, feature_kind: str, online: bool) -> CachedBatches:
-    """The run's batch stream (cached, or recomputed from the images with ``online``), seeded with the data seed."""
+def ocl_batches(store: FeatureStore, config: OCLTrainConfig, device: torch.device, feature_kind: str, online: bool) -> CachedBatches | ClipBatches:
+    """The run's batch stream (cached, or recomputed from the images with ``online``), seeded with the data seed;
+    clip windows for temporal models."""
     train = config.train
     loader_kwargs: dict[str, Any] = {"token_name": config.tokens or None, "seed": train.resolved_data_seed}
+    if config.model.temporal.enabled:
+        if online:
+            from featcache.training.online import OnlineClipBatches
+
+            return OnlineClipBatches(store, train.batch_size, device, config.model.temporal, config.model.aggregator.num_slots, feature_kind, **loader_kwargs)
+        return ClipBatches(store, train.batch_size, device, config.model.temporal, config.model.aggregator.num_slots, feature_kind,
+                           mode=train.loader, **loader_kwargs)
     if online:
         return OnlineBatches(store, train.batch_size, device, feature_kind, False, **loader_kwargs)
     return CachedBatches(store, train.batch_size, device, feature_kind, False, mode=train.loader, **loader_kwargs)
 
 
-def ocl_loss_terms(output: OCLOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ocl_loss_terms(output: OCLOutput | TemporalOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss an OCL step minimises and the terms it logs (``loss_<name>`` columns of metrics.jsonl)."""
     return output.loss, {**output.losses, "total": output.loss}
 
 
 def ocl_validator(
-    model: OCLModel,
+    model: OCLModel | TemporalOCLModel,
     validation: FeatureStore,
     config: OCLTrainConfig,
     feature_kind: str,
@@ -63,6 +73,15 @@ def ocl_validator(
     """VVO-protocol mask metrics of ``model`` on the first validation images' centre view; None without masks."""
     if not validation.has_masks:
         return None
+    if isinstance(model, TemporalOCLModel):  # whole clips, recurrently (about validation_images frames)
+        clips = evaluation_clips(validation, config.validation_images)
+
+        def validate_clips() -> dict[str, Any]:
+            predict = clip_predictor(model, validation, "center", evaluation_generator(device))
+            metrics, _ = evaluate_clip_masks(predict, validation, clips, get_protocol("vvo"), feature_kind, config.tokens or None, device)
+            return {k: v for k, v in metrics.summary().items() if k in ("ari", "fg_ari", "mbo", "miou", "clip_ari")}
+
+        return validate_clips
     indices = validation.valid_indices()[: config.validation_images]
 
     def validate() -> dict[str, Any]:
@@ -116,7 +135,10 @@ def train_ocl(
         start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
         end_step = config.train.steps if stop_after is None else min(config.train.steps, start_step + stop_after)
 
-        def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def step_loss(batch: Batch | ClipBatch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            if isinstance(batch, ClipBatch):  # clip windows (B, T, ...) for the temporal model
+                noise = model.draw_noise(batch.features.shape[0], batch.features.shape[1], generator, batch.features.device)
+                return ocl_loss_terms(model(batch.features, batch.tokens, noise, batch.boxes))
             noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
             return ocl_loss_terms(model(batch.features, batch.tokens, noise))
 

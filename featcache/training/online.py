@@ -18,8 +18,10 @@ from featcache.encoders import create_encoder
 from featcache.errors import StoreError
 from featcache.extraction.config import ExtractConfig
 from featcache.extraction.units import FeatureComputer, prepare_sample
+from featcache.ocl.config import TemporalConfig
 from featcache.quantize.decoder import pixel_targets
 from featcache.store import FeatureStore
+from featcache.training.clips import ClipBatches
 from featcache.training.loader import Batch, CachedBatches
 from featcache.views import default_views
 
@@ -84,3 +86,33 @@ class OnlineBatches(CachedBatches):
             token_features = features if self.token_feature_kind is None else self.store.derive(stored, self.token_feature_kind)
             tokens, _ = self.quantizer.tokenize(token_features)
         return Batch(features=features, images=images, tokens=tokens, sample_indices=samples, view_indices=views)
+
+
+class OnlineClipBatches(ClipBatches):
+    """The online baseline for temporal models: the same clip windows as ClipBatches for the seed, each frame's
+    features computed by the VFM from the dataset's images at every step (tokens by the frozen VQ); the first
+    frame's boxes come from the store's masks, which are the dataset's masks cut to the view."""
+
+    def __init__(self, store: FeatureStore, batch_size: int, device: torch.device, temporal: TemporalConfig, num_slots: int,
+                 feature_kind: str | None = None, seed: int = 0, token_name: str | None = None) -> None:
+        super().__init__(store, batch_size, device, temporal, num_slots, feature_kind, seed, token_name, mode="online")
+        self.online = OnlineBatches(store, batch_size, device, feature_kind, False, seed, token_name)  # the VFM, dataset, VQ
+
+    def _gather(self, frames: np.ndarray, views: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features (B, T, h, w, C) float32 of the stored kind and tokens (B, T, h, w), computed now."""
+        online = self.online
+        samples = frames.reshape(-1)
+        frame_views = np.repeat([self.views[int(v)] for v in views], frames.shape[1])
+        prepared = [
+            prepare_sample(online.dataset, int(index), online.sample_ids[int(index)], online.views, online.extract_config,
+                           online.computer.encoder.resolution, skip_bad=False, only_view=int(view))
+            for index, view in zip(samples, frame_views)
+        ]
+        model_inputs = np.concatenate([p.model_inputs for p in prepared])  # type: ignore[misc]  (B T, R, R, 3)
+        stored = online.computer.compute(model_inputs).clone()  # (B T, h, w, C)
+        tokens = None
+        if online.quantizer is not None:
+            token_features = stored if online.token_feature_kind is None else self.store.derive(stored, online.token_feature_kind)
+            tokens, _ = online.quantizer.tokenize(token_features)
+            tokens = tokens.reshape(*frames.shape, *tokens.shape[1:])
+        return stored.reshape(*frames.shape, *stored.shape[1:]), tokens

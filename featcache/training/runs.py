@@ -10,6 +10,7 @@ import torch
 from featcache.config import from_dict
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.ocl import OCLModel
+from featcache.ocl.temporal import TemporalOCLModel
 from featcache.quantize import VQModel
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import load_weights, read_run
@@ -78,7 +79,12 @@ def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | Non
     return torch.from_numpy(store.codebook(config.tokens))
 
 
-def build_ocl_model(config: OCLTrainConfig, store: FeatureStore) -> OCLModel:
+def build_ocl_model(config: OCLTrainConfig, store: FeatureStore) -> OCLModel | TemporalOCLModel:
+    """The run's model: the image model, or the temporal one (``model.temporal.enabled``, video stores only)."""
+    if config.model.temporal.enabled:
+        if not store.layout.is_video:
+            raise StoreError(f"store {store.path} holds images; the config's model.temporal.enabled needs a video store (clips)")
+        return TemporalOCLModel(config.model, store.layout.channels, store.layout.grid, _codebook(store, config))
     return OCLModel(config.model, store.layout.channels, store.layout.grid, _codebook(store, config))
 
 
@@ -88,7 +94,7 @@ def evaluation_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(EVALUATION_NOISE_SEED)
 
 
-def load_ocl_run(run_dir: Path, store: FeatureStore, device: torch.device) -> tuple[OCLModel, OCLTrainConfig, dict[str, Any]]:
+def load_ocl_run(run_dir: Path, store: FeatureStore, device: torch.device) -> tuple[OCLModel | TemporalOCLModel, OCLTrainConfig, dict[str, Any]]:
     """The frozen model of an OCL run, checked against ``store`` (same VFM, grid, and token codebook)."""
     raw_config, info = read_run(run_dir)
     if info.get("stage") != "ocl":

@@ -1,0 +1,153 @@
+"""Video OCL quality on synthetic bouncing-object clips: does the temporal model's transit (slots of frame t -> queries
+of frame t+1) beat the same model run frame by frame (``transit: none``) on per-clip FG-ARI?
+
+Chain (all featcache API, CPU, no downloads): ``data synth --video`` (train and held-out clips, different seeds) ->
+extract with a RANDOM-weight DINOv2 ViT-S/14 (as the image quality benchmarks: README, "OCL quality"; the features
+carry no position, so ``random-vfm.yaml`` adds the soft position embedding) -> per seed, train VVO-TfdT's temporal
+model with a feature target and learned queries (the boxes of ``query_init: bbox`` would hand both models the objects)
+and the same model with ``transit: none`` -> evaluate on the held-out clips, whole clips recurrently:
+``vvo-code`` (all four metrics pooled per clip: a slot must keep its object over the clip) and ``vvo`` (per frame).
+Prints a rich table and writes JSON (mean +- std over seeds).
+
+    python benchmarks/video_quality.py --out runs/video-quality [--seeds 3] [--steps 600] [--train-clips 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from featcache.config import load_config, merge
+from featcache.console import RandomWeightsWarning
+from featcache.datasets import open_dataset, write_synthetic
+from featcache.extraction import ExtractConfig, extract
+from featcache.stages.evaluate import evaluate_run
+from featcache.training.config import OCLTrainConfig
+from featcache.training.ocl import train_ocl
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "ocl"
+#: The two models compared: the same config but for the transit.
+CASES = {"transformer transit": "transformer", "transit none (frame by frame)": "none"}
+#: Metrics reported: (eval protocol, metric key) -> column name.
+COLUMNS = {
+    ("vvo-code", "fg_ari"): "clip FG-ARI",
+    ("vvo-code", "ari"): "clip ARI",
+    ("vvo-code", "mbo"): "clip mBO",
+    ("vvo", "fg_ari"): "frame FG-ARI",
+    ("vvo", "mbo"): "frame mBO",
+}
+
+
+def make_stores(out: Path, train_clips: int, val_clips: int, frames: int, size: int, resolution: int) -> tuple[Path, Path]:
+    """Synthetic clips (train seed 0, held-out seed 1) and their random-weight DINOv2 stores (reused when present)."""
+    config = ExtractConfig(vfm="dino2-s14", weights="random", resolution=resolution, image_size=0, mask_size=size, samples_per_chunk=32, batch_size=32)
+    stores = []
+    for name, clips, seed in (("train", train_clips, 0), ("val", val_clips, 1)):
+        data = out / "data" / name
+        store = out / f"{name}.zarr"
+        if not store.exists():
+            write_synthetic(data, images=clips, seed=seed, size=size, video=True, frames=frames)
+            extract(open_dataset(f"clips:{data}"), store, config, device="cpu", show_progress=False)
+        stores.append(store)
+    return stores[0], stores[1]
+
+
+def run_config(transit: str, seed: int, steps: int, batch_size: int, window: int, slots: int) -> OCLTrainConfig:
+    """vvo-tfdt + tiny-video + random-vfm with a feature target and learned queries; only ``transit`` differs."""
+    config = load_config(OCLTrainConfig, [CONFIGS / "vvo-tfdt.yaml", CONFIGS / "tiny-video.yaml", CONFIGS / "random-vfm.yaml"])
+    return merge(config, {
+        "model": {
+            "aggregator": {"num_slots": slots, "iterations": 3},
+            "decoder": {"target": "features", "tfd": {"input_embedding": "learned"}},
+            "temporal": {"transit": transit, "query_init": "learned", "window": window},
+        },
+        "tokens": "",
+        "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "data_seed": 0, "checkpoint_every": steps,
+                  "log_every": max(1, steps // 10), "loader": "memory", "grad_clip": 0.05},
+        "validate_every": 0,
+    })
+
+
+def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
+    """case -> column -> [mean, std] over seeds."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for case, runs in results.items():
+        table[case] = {}
+        for column in COLUMNS.values():
+            values = np.array([run[column] for run in runs], dtype=np.float64)
+            table[case][column] = [float(np.nanmean(values)), float(np.nanstd(values))]
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/video-quality"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=6)
+    parser.add_argument("--train-clips", type=int, default=48)
+    parser.add_argument("--val-clips", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="synthetic frame size and mask size (px)")
+    parser.add_argument("--resolution", type=int, default=112, help="VFM input (px): 112 = 8 x 8 patches")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", RandomWeightsWarning)  # stated in the output instead
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_store, val_store = make_stores(args.out, args.train_clips, args.val_clips, args.frames, args.size, args.resolution)
+    data_seconds = time.perf_counter() - started
+    results: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
+    seconds: dict[str, list[float]] = {case: [] for case in CASES}
+    for seed in range(args.seeds):
+        for case, transit in CASES.items():
+            run = args.out / f"{transit}-seed{seed}"
+            config = run_config(transit, seed, args.steps, args.batch_size, args.window, args.slots)
+            begun = time.perf_counter()
+            if not (run / "model.safetensors").exists():  # checkpoints only at the end: a folder with weights is finished
+                train_ocl(train_store, config, run, device="cpu", show_progress=False, resume=(run / "run.json").exists())
+            seconds[case].append(time.perf_counter() - begun)
+            row: dict[str, float] = {}
+            for protocol in sorted({p for p, _ in COLUMNS}):
+                metrics = evaluate_run(run, val_store, protocol_name=protocol, device="cpu", show_progress=False,
+                                       out=run / f"eval-val-{protocol}")["metrics"]
+                row.update({column: metrics[key] for (p, key), column in COLUMNS.items() if p == protocol})
+            results[case].append(row)
+            print(f"seed {seed} {case}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    table = summarise(results)
+    record = {
+        "what": "temporal OCL (transformer transit) vs the same model frame by frame (transit none), held-out synthetic clips",
+        "random_vfm_weights": True,
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "config": "vvo-tfdt + tiny-video + random-vfm, decoder.target features, query_init learned, 3 iterations"},
+        "per_seed": results,
+        "mean_std": table,
+        "seconds": {"data": data_seconds, "train_and_eval_per_run": {case: float(np.mean(s)) for case, s in seconds.items()},
+                    "total": time.perf_counter() - started},
+    }
+    (args.out / "video_quality.json").write_text(json.dumps(record, indent=2))
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"{args.val_clips} held-out clips x {args.frames} frames, {args.seeds} seeds (mean +- std), RANDOM VFM weights")
+    view.add_column("model")
+    for column in COLUMNS.values():
+        view.add_column(column, justify="right")
+    for case, columns in table.items():
+        view.add_row(case, *(f"{mean:.3f} +- {std:.3f}" for mean, std in columns.values()))
+    Console().print(view)
+    print(f"wrote {args.out / 'video_quality.json'} ({record['seconds']['total']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
