@@ -211,6 +211,8 @@ def test_eval_per_clip_metrics_equal_scoring_the_clip_masks_directly(clip_store:
         clip_ari.append(score_masks(true[None], predicted[None], protocol)["ari"][0])
     assert result["metrics"]["ari"] == pytest.approx(np.nanmean(frame_ari), abs=1e-9)
     assert result["metrics"]["clip_ari"] == pytest.approx(np.nanmean(clip_ari), abs=1e-9)
+    # The drawn clips show the whole-clip masks that were scored (4 clips by default: a PNG and a GIF each).
+    assert len(result["clip_pictures"]) == 8 and all((Path(result["output"]) / path).is_file() for path in result["clip_pictures"])
 
 
 @pytest.mark.parametrize("name", VIDEO_CONFIGS)

@@ -362,11 +362,13 @@ def evaluate_clip_masks(
     device: torch.device,
     view: str = "center",
     show_progress: bool = False,
+    keep: dict[str, np.ndarray] | None = None,
 ) -> tuple[MaskMetrics, np.ndarray]:
     """Temporal models: run ``predict(features (1, T, h, w, C), tokens (1, T, h, w) | None, frame indices (T,))
     -> (1, T, S, h, w)`` over each whole clip (``clips``: clip id -> its sample indices in frame order), score every
     frame and, pooled over each clip's frames, the protocol's clip metrics (slot identities must persist over
-    the clip). Returns metrics and the predicted label maps of the first 8 frames."""
+    the clip). Returns metrics and the predicted label maps of the first 8 frames; ``keep`` (clip id -> None), when
+    given, receives the predicted label maps (T, M, M) of the clips it names (the clips an evaluation draws)."""
     if not store.has_masks:
         raise StoreError(f"store {store.path} has no instance masks: evaluation needs ground truth")
     size = store.layout.mask_size
@@ -390,6 +392,8 @@ def evaluate_clip_masks(
                 examples.extend(list(predicted[: 8 - len(examples)]))
             clip_true[clip] = list(true)
             clip_predicted[clip] = list(predicted)
+            if keep is not None and clip in keep:
+                keep[clip] = predicted
             progress.update(task, advance=1)
     clip_scores = {"clip_ari": {}, **score_clips(clip_true, clip_predicted, protocol)} if protocol.clip_metrics else {"clip_ari": {}}
     metrics = MaskMetrics(**{name: np.concatenate(values) for name, values in per_image.items()}, **clip_scores, protocol=protocol)

@@ -154,9 +154,10 @@ def evaluate_run(
 
         clips = evaluation_clips(store, limit)
         indices = np.concatenate(list(clips.values()))
+        temporal_labels = {clip: None for clip in list(clips)[:clip_pictures]}  # filled with the drawn clips' label maps
         metrics, examples = evaluate_clip_masks(
             clip_predictor(model, store, view, evaluation_generator(target_device)),
-            store, clips, protocol, feature_kind, config.tokens or None, target_device, view, show_progress,
+            store, clips, protocol, feature_kind, config.tokens or None, target_device, view, show_progress, keep=temporal_labels,
         )
     else:
         indices = store.valid_indices()[:limit] if limit else store.valid_indices()
@@ -207,10 +208,13 @@ def evaluate_run(
         }
     out_dir = Path(out) if out else run_dir / (f"eval-{store.path.stem}-{protocol.name}" + (f"-{mask_source}-masks" if overridden else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if pictured:
+    if pictured and config.model.temporal.enabled:  # the maps the recurrent pass scored
+        predicted = {clip: temporal_labels[clip] for clip in pictured}
+    elif pictured:
         predict = partial(model.predict_masks, generator=evaluation_generator(target_device))
         predicted = {clip: predict_labels(predict, store, clips[clip], feature_kind, config.tokens or None, target_device, view, batch_size)
                      for clip in pictured}  # type: ignore[index]
+    if pictured:
         result["clip_pictures"] = write_clip_pictures(store, clips, predicted, tracked_labels, view, protocol.ignore_label, out_dir / "clips")  # type: ignore[arg-type]
     records.write_record(out_dir / "eval.json", result)
     if store.has_images:

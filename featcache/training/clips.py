@@ -43,12 +43,7 @@ def clip_table(store: FeatureStore) -> dict[str, np.ndarray]:
     """Clip id -> its written samples in frame order; frames that failed to extract are left out."""
     if not store.layout.is_video or store.clip_ids is None or store.frame_indices is None:
         raise StoreError(f"store {store.path} holds images, not clips: a temporal model (model.temporal.enabled) needs a video store")
-    valid = set(store.valid_indices().tolist())
-    clips: dict[str, list[tuple[int, int]]] = {}
-    for index, (clip, frame) in enumerate(zip(store.clip_ids, store.frame_indices)):
-        if index in valid:
-            clips.setdefault(clip, []).append((int(frame), index))
-    return {clip: np.array([index for _, index in sorted(frames)], dtype=np.int64) for clip, frames in clips.items()}
+    return store.clips()
 
 
 def consistent_views(store: FeatureStore) -> list[int]:
