@@ -1,0 +1,147 @@
+"""MSF through the stages: train-vq -> tokenize -> analyze codes -> train-ocl on a tiny MSF run (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from featcache.cli import main
+from featcache.config import load_config, merge
+from featcache.datasets import open_dataset
+from featcache.extraction import extract
+from featcache.quantize import CodeLookup, MSFQuantizerConfig, QuantizerConfig, VQDecoderConfig, VQModel
+from featcache.store import FeatureStore
+from featcache.training.config import VQTrainConfig
+from featcache.training.runs import load_vq_run
+from tests.conftest import OCL_EXTRACT
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: A CPU-sized MSF quantizer on the 4x4 grid: levels 4x4, 2x2, 1x1; shared 8 codes, specified 8 / 4 / 2.
+TINY = [
+    "quantizer.kind=msf", "quantizer.codebook_size=8", "quantizer.code_dim=8", "quantizer.template_dim=8",
+    "quantizer.encoder_layers=1", "quantizer.encoder_channels=16", "decoder.channels=8", "decoder.image_size=32",
+    "train.steps=6", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=3", "train.loader=memory",
+]
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["featcache", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def sets(*overrides: str) -> list[str]:
+    return [item for override in overrides for item in ("--set", override)]
+
+
+@pytest.fixture(scope="module")
+def msf_store(tmp_path_factory: pytest.TempPathFactory, shapes_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("msf") / "store.zarr"
+    extract(open_dataset(str(shapes_dir)), out, OCL_EXTRACT, device="cpu", show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def msf_run(msf_store: Path) -> tuple[Path, Path]:
+    """(store with token set ``msf``, VQ run folder), through the CLI."""
+    run = msf_store.parent / "vq-msf"
+    mp = pytest.MonkeyPatch()
+    try:
+        for args in (
+            ["train-vq", "--store", str(msf_store), "--out", str(run), "--device", "cpu", *sets(*TINY)],
+            ["tokenize", "--store", str(msf_store), "--vq", str(run), "--name", "msf", "--device", "cpu"],
+        ):
+            mp.setattr(sys, "argv", ["featcache", *args])
+            try:
+                main()
+            except SystemExit as exit_:
+                assert not exit_.code, args
+    finally:
+        mp.undo()
+    return msf_store, run
+
+
+def test_shipped_msf_configs_select_msf_and_tiny_layers_after_them() -> None:
+    config = load_config(VQTrainConfig, ["configs/vq/msf-c256.yaml"])
+    assert isinstance(config.quantizer, MSFQuantizerConfig)
+    assert (config.quantizer.codebook_size, config.quantizer.specified_sizes(), config.quantizer.code_dim) == (256, [256, 128, 64], 256)
+    assert config.quantizer.gumbel_scale_end == 2.0 and config.quantizer.combine == "average"
+    c4 = load_config(VQTrainConfig, ["configs/vq/msf-c4.yaml"])
+    assert (c4.quantizer.code_dim, c4.quantizer.specified_sizes()) == (4, [256, 128, 64])
+    tiny = load_config(VQTrainConfig, ["configs/vq/msf-c256.yaml", "configs/vq/tiny.yaml"])
+    assert isinstance(tiny.quantizer, MSFQuantizerConfig) and tiny.quantizer.specified_sizes() == [64, 32, 16]
+    # Switching back to VVO drops the MSF keys; MSF keys without kind: msf are unknown keys.
+    assert type(merge(tiny, {"quantizer": {"kind": "vvo"}}).quantizer) is QuantizerConfig
+    with pytest.raises(Exception, match="quantizer.num_scales"):
+        merge(VQTrainConfig(), {"quantizer": {"num_scales": 2}})
+
+
+def test_loss_is_the_sum_of_per_level_losses() -> None:
+    """The MSF VQ model's loss = sum over levels of reconstruction (target resized to the level) + weighted quantizer terms."""
+    torch.manual_seed(0)
+    quantizer = MSFQuantizerConfig(codebook_size=8, code_dim=8, template_dim=8, encoder_layers=1, encoder_channels=16)
+    model = VQModel(quantizer, VQDecoderConfig(target="pixels", channels=8, image_size=32), 12, (4, 4)).eval()
+    features, images = torch.randn(2, 4, 4, 12), torch.rand(2, 3, 32, 32) * 2 - 1
+    output = model(features, images, progress=0.7, training_noise=False)
+    q = model.quantizer(features, progress=0.7, training_noise=False)
+    by_hand = []
+    for i in range(3):
+        reconstruction = model.decoder(q.decoder_input[i])
+        side = 32 // 2**i
+        target = images if i == 0 else F.interpolate(images, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+        assert reconstruction.shape == (2, 3, side, side)
+        terms = q.losses_per_scale[i]
+        by_hand.append(F.mse_loss(reconstruction, target) + terms["alignment"] + 0.25 * terms["commitment"] + 0.1 * terms["normalisation"])
+    torch.testing.assert_close(output.losses["total"], torch.stack(by_hand).sum())
+    assert output.indices.shape == (2, 2, 4, 4)
+    # Feature targets: each level against the quantizer's pyramid of the features.
+    feature_model = VQModel(quantizer, VQDecoderConfig(target="features", channels=8), 12, (4, 4)).eval()
+    output = feature_model(features, features, progress=1.0, training_noise=False)
+    q = feature_model.quantizer(features, progress=1.0, training_noise=False)
+    levels = [features, F.avg_pool2d(features.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1),
+              features.permute(0, 3, 1, 2)[:, :, 1:3, 1:3].mean((2, 3), keepdim=True).permute(0, 2, 3, 1)]  # bilinear x0.25 of 4x4
+    expected = sum(F.mse_loss(feature_model.decoder(q.decoder_input[i]), levels[i]) for i in range(3))
+    torch.testing.assert_close(output.losses["reconstruction"], expected)
+
+
+def test_train_vq_records_msf_and_logs_per_level(msf_run: tuple[Path, Path]) -> None:
+    _, run = msf_run
+    info = json.loads((run / "run.json").read_text())
+    assert info["quantizer"] == "msf"
+    assert yaml.safe_load((run / "config.yaml").read_text())["quantizer"]["kind"] == "msf"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    assert {"loss_reconstruction_scale0", "loss_reconstruction_scale2", "specified_used_codes", "used_codes"} <= set(last)
+    model, config, _, _ = load_vq_run(run, torch.device("cpu"))
+    assert isinstance(config.quantizer, MSFQuantizerConfig) and len(model.quantizer.specified) == 3
+
+
+def test_token_set_layout_and_lookup(msf_run: tuple[Path, Path]) -> None:
+    store_path, run = msf_run
+    store = FeatureStore(store_path, warn_random=False)
+    attributes = store.token_attributes("msf")
+    assert attributes["quantizer"] == "msf" and attributes["index_groups"] == 2 and attributes["codebook_sizes"] == [8, 8]
+    assert attributes["combine"] == "average" and attributes["scale"] == 0
+    tokens = store.tokens("msf", slice(0, 3), view=None)
+    assert tokens.shape == (3, store.layout.num_views, 2, 4, 4) and tokens.dtype == np.uint16
+    model, _, _, _ = load_vq_run(run, torch.device("cpu"))
+    features = torch.from_numpy(store.features([0, 1, 2], view=0, kind="final_norm").astype(np.float32))
+    indices, _ = model.tokenize(features)
+    assert np.array_equal(store.tokens("msf", [0, 1, 2], view=0), indices.numpy())
+    lookup = CodeLookup.from_token_set(store, "msf")
+    assert lookup.group_sizes == [8, 8] and lookup.code_dim == 8
+    expected = model.quantizer.lookup(indices).permute(0, 2, 3, 1)  # (B, h, w, D)
+    torch.testing.assert_close(lookup(torch.from_numpy(store.tokens("msf", [0, 1, 2], view=0).astype(np.int64))), expected)
