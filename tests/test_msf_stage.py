@@ -145,3 +145,31 @@ def test_token_set_layout_and_lookup(msf_run: tuple[Path, Path]) -> None:
     assert lookup.group_sizes == [8, 8] and lookup.code_dim == 8
     expected = model.quantizer.lookup(indices).permute(0, 2, 3, 1)  # (B, h, w, D)
     torch.testing.assert_close(lookup(torch.from_numpy(store.tokens("msf", [0, 1, 2], view=0).astype(np.int64))), expected)
+
+
+def numpy_usage(indices: np.ndarray, size: int) -> tuple[int, float]:
+    """(used codes, perplexity) by brute force."""
+    counts = np.array([(indices == code).sum() for code in range(size)], dtype=np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return int((counts > 0).sum()), float(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_analyze_codes_reports_each_codebook(msf_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    store_path, _ = msf_run
+    out = store_path.parent / "codes"
+    code, printed, err = run_cli(monkeypatch, capsys, "analyze", "codes", "--store", str(store_path), "--tokens", "msf", "--out", str(out))
+    assert code == 0, err
+    assert "shared" in printed and "specified" in printed and "pairs used" in printed
+    summary = json.loads((out / "code_statistics.json").read_text())
+    store = FeatureStore(store_path, warn_random=False)
+    tokens = store.tokens("msf", store.valid_indices(), "center").astype(np.int64)  # (N, 2, h, w)
+    assert summary["quantizer"] == "msf" and set(summary["codebooks"]) == {"shared", "specified"}
+    for g, name in enumerate(("shared", "specified")):
+        used, perplexity = numpy_usage(tokens[:, g], 8)
+        assert summary["codebooks"][name]["used_codes"] == used
+        assert summary["codebooks"][name]["perplexity"] == pytest.approx(perplexity)
+        assert summary["codebooks"][name]["usage"] == [int((tokens[:, g] == k).sum()) for k in range(8)]
+    pairs = {(a, b) for a, b in zip(tokens[:, 0].ravel(), tokens[:, 1].ravel())}
+    assert summary["joint"]["used_pairs"] == len(pairs)
+    assert summary["used_codes"] == summary["codebooks"]["shared"]["used_codes"]

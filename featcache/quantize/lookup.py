@@ -17,11 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.errors import FeatcacheError, StoreError
-
-
-def token_set_quantizer(attributes: dict[str, Any]) -> str:
-    """``vvo`` or ``msf``: the quantizer a token set was made by (sets written before MSF are VVO)."""
-    return str(attributes.get("quantizer", "vvo"))
+from featcache.store.tokens import token_set_quantizer
 
 
 class CodeLookup(nn.Module):

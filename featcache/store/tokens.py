@@ -61,6 +61,11 @@ MSF_TOKEN_ARRAYS = (CODEBOOK_SPECIFIED, PROJECTION_WEIGHT, PROJECTION_BIAS)
 MAX_CODEBOOK_SIZE = 65536
 
 
+def token_set_quantizer(attributes: dict[str, Any]) -> str:
+    """``vvo`` or ``msf``: the quantizer a token set was made by (sets written before MSF are VVO)."""
+    return str(attributes.get("quantizer", "vvo"))
+
+
 def validate_token_name(name: str) -> str:
     """A token set name becomes a folder of the store: refuse anything that is not one plain folder name
     (empty, '.', '..', a leading '.', '/' or '\\'), before anything is created."""
