@@ -173,3 +173,56 @@ def test_analyze_codes_reports_each_codebook(msf_run: tuple[Path, Path], monkeyp
     pairs = {(a, b) for a, b in zip(tokens[:, 0].ravel(), tokens[:, 1].ravel())}
     assert summary["joint"]["used_pairs"] == len(pairs)
     assert summary["used_codes"] == summary["codebooks"]["shared"]["used_codes"]
+
+
+#: Layered after configs/ocl/<method>.yaml and configs/ocl/tiny.yaml.
+OCL_TINY = [
+    "model.aggregator.num_slots=3", "model.aggregator.slot_dim=16", "model.aggregator.mlp_hidden=32", "model.projection_hidden=32",
+    "model.decoder.tfd.dim=16", "model.decoder.tfd.layers=1", "model.decoder.mlp.hidden=32", "model.decoder.dfz.timesteps=10",
+    "train.steps=2", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=2", "train.loader=memory", "validate_every=0",
+    "tokens=msf",
+]
+
+
+@pytest.mark.parametrize("method", ["vvo-tfd", "vvo-mlp", "vvo-dfz"])
+def test_train_ocl_on_msf_tokens(method: str, msf_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Every decoder reading tokens trains from an MSF token set: codes = the fused level-0 codes."""
+    store_path, _ = msf_run
+    run = store_path.parent / f"ocl-{method}"
+    code, _, err = run_cli(monkeypatch, capsys, "train-ocl", "--store", str(store_path), "--out", str(run), "--device", "cpu",
+                           "--config", f"configs/ocl/{method}.yaml", "--config", "configs/ocl/tiny.yaml", *sets(*OCL_TINY))
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(rows[-1]["loss_total"])
+    if method == "vvo-tfd":  # the sum of one cross-entropy per codebook
+        assert rows[-1]["loss_cross_entropy"] == pytest.approx(rows[-1]["loss_cross_entropy_0"] + rows[-1]["loss_cross_entropy_1"], rel=1e-5)
+
+
+def test_ocl_model_reads_fused_codes_and_sums_grouped_cross_entropy(msf_run: tuple[Path, Path]) -> None:
+    from featcache.config import from_dict
+    from featcache.ocl import OCLModel
+    from featcache.training.config import OCLTrainConfig
+
+    store_path, run = msf_run
+    store = FeatureStore(store_path, warn_random=False)
+    config = load_config(OCLTrainConfig, ["configs/ocl/vvo-tfd.yaml", "configs/ocl/tiny.yaml"], OCL_TINY)
+    lookup = CodeLookup.from_token_set(store, "msf")
+    model = OCLModel(config.model, store.layout.channels, store.layout.grid, lookup).eval()
+    assert model.decoder.readout.out_features == 16  # 8 shared + 8 specified logits
+    features = torch.from_numpy(store.features([0, 1], view=0, kind="final_norm").astype(np.float32))
+    tokens = torch.from_numpy(store.tokens("msf", [0, 1], view=0).astype(np.int64))  # (2, 2, 4, 4)
+    targets = model.decoder_targets(features, tokens)
+    vq, _, _, _ = load_vq_run(run, torch.device("cpu"))
+    torch.testing.assert_close(targets.codes, vq.quantizer.lookup(tokens).permute(0, 2, 3, 1))
+    slots = torch.randn(2, 3, 16)
+    output = model.decoder(slots, targets)
+    shared_logits, own_logits = model.decoder.predict(slots, targets)[0].float().split([8, 8], -1)  # (B, N, 8) each
+    by_hand = F.cross_entropy(shared_logits.flatten(0, 1), tokens[:, 0].flatten()) + F.cross_entropy(own_logits.flatten(0, 1), tokens[:, 1].flatten())
+    torch.testing.assert_close(output.loss, by_hand)
+    assert output.reconstruction.shape == (2, 2, 4, 4)
+    # Saved and rebuilt from its config and token set: the lookup's buffers are part of the weights.
+    assert {"code_lookup.codebook", "code_lookup.specified"} <= set(model.state_dict())
+    assert from_dict(OCLTrainConfig, {"tokens": "msf"}).tokens == "msf"
+    with pytest.raises(Exception, match=r"MSF tokens must be \(B, 2, 4, 4\)"):
+        model.decoder_targets(features, tokens[:, 0])

@@ -10,8 +10,9 @@ import torch
 from featcache.config import from_dict
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.ocl import OCLModel
-from featcache.quantize import VQModel
+from featcache.quantize import CodeLookup, VQModel
 from featcache.store import FeatureStore
+from featcache.store.tokens import token_set_quantizer
 from featcache.training.checkpoint import load_weights, read_run
 from featcache.training.config import OCLTrainConfig, VQTrainConfig
 
@@ -67,7 +68,7 @@ def read_run_config(run_dir: Path, config_class: type, overrides: list[str]) -> 
 EVALUATION_NOISE_SEED = 0
 
 
-def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | None:
+def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | CodeLookup | None:
     if not config.tokens:
         if config.model.decoder.target != "features":
             raise ConfigError(
@@ -75,6 +76,8 @@ def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | Non
                 f"set tokens=NAME (token sets of {store.path}: {', '.join(store.token_names()) or 'none'})"
             )
         return None
+    if token_set_quantizer(store.token_attributes(config.tokens)) == "msf":  # both indices, fused codes (scale 1)
+        return CodeLookup.from_token_set(store, config.tokens)
     return torch.from_numpy(store.codebook(config.tokens))
 
 
