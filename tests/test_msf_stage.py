@@ -226,3 +226,38 @@ def test_ocl_model_reads_fused_codes_and_sums_grouped_cross_entropy(msf_run: tup
     assert from_dict(OCLTrainConfig, {"tokens": "msf"}).tokens == "msf"
     with pytest.raises(Exception, match=r"MSF tokens must be \(B, 2, 4, 4\)"):
         model.decoder_targets(features, tokens[:, 0])
+
+
+def test_tfd_with_a_learned_embedding_refuses_msf_tokens(msf_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    store_path, _ = msf_run
+    code, _, err = run_cli(monkeypatch, capsys, "train-ocl", "--store", str(store_path), "--out", str(store_path.parent / "refused"),
+                           "--device", "cpu", "--config", "configs/ocl/vvo-tfd.yaml", "--config", "configs/ocl/tiny.yaml",
+                           *sets(*OCL_TINY, "model.decoder.tfd.input_embedding=learned"))
+    assert code != 0
+    message = [line for line in err.splitlines() if line.strip()]
+    assert len(message) == 1 and "decoder tfd reads multi-codebook (MSF) tokens" in message[0] and "Traceback" not in err
+
+
+def test_msf_resume_reproduces_an_uninterrupted_run(msf_store: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from featcache.config import parse_overrides
+    from featcache.training.vq import train_vq
+
+    config = merge(VQTrainConfig(), parse_overrides(TINY))
+    train_vq(msf_store, config, tmp_path / "whole", device="cpu", show_progress=False)
+    train_vq(msf_store, config, tmp_path / "resumed", device="cpu", show_progress=False, stop_after=3)
+    train_vq(msf_store, config, tmp_path / "resumed", device="cpu", show_progress=False, resume=True)
+    whole, resumed = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert whole.keys() == resumed.keys() and any(key.startswith("quantizer.specified.2.") for key in whole)
+    for key in whole:
+        torch.testing.assert_close(whole[key], resumed[key], msg=key)
+
+
+def test_verify_and_info_accept_the_msf_token_set(msf_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    store_path, _ = msf_run
+    code, out, err = run_cli(monkeypatch, capsys, "verify", str(store_path))
+    assert code == 0, out + err
+    FeatureStore(store_path, warn_random=False).require_token_set("msf")
