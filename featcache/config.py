@@ -120,6 +120,16 @@ def _as_variant(base: C, updates: dict[str, Any], prefix: str) -> C:
     return target(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name in names})  # type: ignore[arg-type]
 
 
+def _variant_hint(base: Any, key: str, prefix: str) -> str:
+    """`` (a key of kind: K; set PREFIX.FIELD: K first)`` when another variant of ``base`` has ``key``."""
+    entry = _VARIANTS.get(type(base))
+    if entry is None:
+        return ""
+    field, classes = entry
+    kinds = [kind for kind, cls in classes.items() if cls is not type(base) and key in {f.name for f in dataclasses.fields(cls)}]
+    return f" (a key of {field}: {kinds[0]}; set {prefix}{field}: {kinds[0]} first)" if kinds else ""
+
+
 def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
     """Return a copy of dataclass ``base`` with ``updates`` applied; unknown keys fail naming the valid ones."""
     base = _as_variant(base, updates, prefix)
@@ -129,7 +139,7 @@ def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
     for key, value in updates.items():
         if key not in fields:
             moved = _MOVED_KEYS.get(type(base), {}).get(key)
-            hint = f" (moved: {prefix}{moved})" if moved else ""
+            hint = f" (moved: {prefix}{moved})" if moved else _variant_hint(base, key, prefix)
             raise ConfigError(
                 f"unknown config key {prefix + key!r}{hint}; valid keys: {', '.join(sorted(prefix + f for f in fields))}"
             )

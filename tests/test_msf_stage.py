@@ -15,6 +15,7 @@ import yaml
 from featcache.cli import main
 from featcache.config import load_config, merge
 from featcache.datasets import open_dataset
+from featcache.errors import ConfigError
 from featcache.extraction import extract
 from featcache.quantize import CodeLookup, MSFQuantizerConfig, QuantizerConfig, VQDecoderConfig, VQModel
 from featcache.store import FeatureStore
@@ -85,7 +86,7 @@ def test_shipped_msf_configs_select_msf_and_tiny_layers_after_them() -> None:
     assert isinstance(tiny.quantizer, MSFQuantizerConfig) and tiny.quantizer.specified_sizes() == [64, 32, 16]
     # Switching back to VVO drops the MSF keys; MSF keys without kind: msf are unknown keys.
     assert type(merge(tiny, {"quantizer": {"kind": "vvo"}}).quantizer) is QuantizerConfig
-    with pytest.raises(Exception, match="quantizer.num_scales"):
+    with pytest.raises(ConfigError, match=r"quantizer.num_scales. \(a key of kind: msf; set quantizer.kind: msf first\)"):
         merge(VQTrainConfig(), {"quantizer": {"num_scales": 2}})
 
 
