@@ -161,7 +161,7 @@ def test_analyze_codes_reports_each_codebook(msf_run: tuple[Path, Path], monkeyp
     out = store_path.parent / "codes"
     code, printed, err = run_cli(monkeypatch, capsys, "analyze", "codes", "--store", str(store_path), "--tokens", "msf", "--out", str(out))
     assert code == 0, err
-    assert "shared" in printed and "specified" in printed and "pairs used" in printed
+    assert "shared" in printed and "specified" in printed and "pairs used" in printed and "codes used: shared " in printed
     summary = json.loads((out / "code_statistics.json").read_text())
     store = FeatureStore(store_path, warn_random=False)
     tokens = store.tokens("msf", store.valid_indices(), "center").astype(np.int64)  # (N, 2, h, w)
