@@ -262,3 +262,14 @@ def test_verify_and_info_accept_the_msf_token_set(msf_run: tuple[Path, Path], mo
     code, out, err = run_cli(monkeypatch, capsys, "verify", str(store_path))
     assert code == 0, out + err
     FeatureStore(store_path, warn_random=False).require_token_set("msf")
+
+
+def test_vvo_token_sets_keep_their_layout(ocl_store: Path) -> None:
+    """VVO token sets: (N, V, h, w) indices, no quantizer attribute, read as one codebook (also by OCLModel)."""
+    store = FeatureStore(ocl_store, warn_random=False)
+    assert "quantizer" not in store.token_attributes("vvo-c256") and store.token_arrays("vvo-c256") == {}
+    assert store.tokens("vvo-c256", [0, 1], view=None).shape == (2, store.layout.num_views, 4, 4)
+    lookup = CodeLookup.from_token_set(store, "vvo-c256")
+    tokens = torch.from_numpy(store.tokens("vvo-c256", [0, 1], view=0).astype(np.int64))
+    assert not lookup.multi_scale and lookup.group_sizes == [16]
+    torch.testing.assert_close(lookup(tokens), torch.from_numpy(store.codebook("vvo-c256"))[tokens])
