@@ -89,15 +89,57 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+#: Config classes with variants selected by one field (see :func:`variants`): class -> (field, kind -> class).
+_VARIANTS: dict[type, tuple[str, dict[str, type]]] = {}
+
+
+def variants(key: str, classes: dict[str, type]) -> None:
+    """Declare config classes that one field ``key`` selects between (e.g. ``quantizer.kind``: vvo | msf).
+
+    Merging ``{key: kind}`` onto any of ``classes`` converts the config to ``classes[kind]`` first (the fields
+    both have are carried over, the others take their defaults), so a YAML file can say
+    ``quantizer: {kind: msf, num_scales: 3}`` and a saved config rebuilds as the class it was saved from.
+    """
+    for cls in classes.values():
+        _VARIANTS[cls] = (key, dict(classes))
+
+
+def _as_variant(base: C, updates: dict[str, Any], prefix: str) -> C:
+    """``base`` converted to the variant that ``updates`` selects (``base`` itself when it selects none)."""
+    entry = _VARIANTS.get(type(base))
+    if entry is None or entry[0] not in updates:
+        return base
+    key, classes = entry
+    kind = updates[key]
+    if kind not in classes:
+        raise ConfigError(f"config key {prefix + key!r}: {kind!r} is not one of {sorted(classes)}")
+    target = classes[kind]
+    if target is type(base):
+        return base
+    names = {f.name for f in dataclasses.fields(target) if f.init} - {key}
+    return target(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name in names})  # type: ignore[arg-type]
+
+
+def _variant_hint(base: Any, key: str, prefix: str) -> str:
+    """`` (a key of kind: K; set PREFIX.FIELD: K first)`` when another variant of ``base`` has ``key``."""
+    entry = _VARIANTS.get(type(base))
+    if entry is None:
+        return ""
+    field, classes = entry
+    kinds = [kind for kind, cls in classes.items() if cls is not type(base) and key in {f.name for f in dataclasses.fields(cls)}]
+    return f" (a key of {field}: {kinds[0]}; set {prefix}{field}: {kinds[0]} first)" if kinds else ""
+
+
 def merge(base: C, updates: dict[str, Any], prefix: str = "") -> C:
     """Return a copy of dataclass ``base`` with ``updates`` applied; unknown keys fail naming the valid ones."""
+    base = _as_variant(base, updates, prefix)
     hints = get_type_hints(type(base))
     fields = {f.name for f in dataclasses.fields(base)}  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     for key, value in updates.items():
         if key not in fields:
             moved = _MOVED_KEYS.get(type(base), {}).get(key)
-            hint = f" (moved: {prefix}{moved})" if moved else ""
+            hint = f" (moved: {prefix}{moved})" if moved else _variant_hint(base, key, prefix)
             raise ConfigError(
                 f"unknown config key {prefix + key!r}{hint}; valid keys: {', '.join(sorted(prefix + f for f in fields))}"
             )

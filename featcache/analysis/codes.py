@@ -3,6 +3,10 @@
 Answers "is the codebook healthy?": how many codes are used (dead codes waste capacity), how evenly
 (perplexity, coefficient of variation), how far apart the codes are (nearest-neighbour distances with
 faiss), how well they fit the features (quantization error) and how many distinct codes an image uses.
+
+MSF token sets (one index per codebook, see :mod:`featcache.store.tokens`) get these statistics per codebook
+(``shared`` and ``specified``, level 0's) plus the joint usage of (shared, specified) pairs, the codes the
+decoder actually sees; the quantization error is that of the fused code.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from featcache.console import console as default_console
 from featcache.errors import FeatcacheError, StoreError
 from featcache.plotting import save_figure
 from featcache.store.reader import FeatureStore
+from featcache.store.tokens import token_set_quantizer
 
 
 @dataclass
@@ -56,6 +61,12 @@ class CodeStatistics:
     quantization_error_p90: float | None = None
     #: "cpu" or "gpu": where faiss searched the nearest neighbours.
     faiss_device: str = "cpu"
+    #: MSF token sets: the statistics of every codebook by name (``shared``, ``specified``); the fields above
+    #: are then the shared codebook's, with the fused code's quantization error.
+    codebooks: dict[str, CodeStatistics] | None = None
+    #: MSF: (shared, specified) pairs used and the perplexity of the pair distribution.
+    joint_used_pairs: int | None = None
+    joint_perplexity: float | None = None
 
     def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
         """JSON-able summary: scalars and the usage histogram; per-code distances and per-sample arrays on request."""
@@ -83,6 +94,10 @@ class CodeStatistics:
         if include_arrays:
             summary["nn_distances"] = [_json_float(value) for value in self.nn_distances]
             summary["codes_per_image"] = [int(value) for value in self.codes_per_image]
+        if self.codebooks is not None:
+            summary["quantizer"] = "msf"
+            summary["codebooks"] = {name: stats.to_dict(include_arrays) for name, stats in self.codebooks.items()}
+            summary["joint"] = {"used_pairs": self.joint_used_pairs, "perplexity": _json_float(self.joint_perplexity)}
         return summary
 
 
@@ -216,6 +231,35 @@ def code_statistics(
     )
 
 
+def multi_codebook_statistics(
+    indices: np.ndarray,
+    codebooks: dict[str, np.ndarray],
+    squared_errors: np.ndarray | None = None,
+    use_gpu: bool | None = None,
+) -> CodeStatistics:
+    """MSF: statistics of each codebook from ``indices`` (N, G, h, w) (channel g points into the g-th codebook).
+
+    Returns the first codebook's statistics (with the fused ``squared_errors`` (N, h, w)), ``codebooks`` holding
+    every codebook's, and the joint usage of the index tuples.
+    """
+    indices = np.asarray(indices)
+    if indices.ndim != 4 or indices.shape[1] != len(codebooks):
+        raise FeatcacheError(f"MSF token indices have shape {indices.shape}; expected (N, {len(codebooks)}, h, w)")
+    per_codebook = {
+        name: code_statistics(indices[:, g], codebook, use_gpu=use_gpu) for g, (name, codebook) in enumerate(codebooks.items())
+    }
+    first = next(iter(codebooks.values()))
+    stats = code_statistics(indices[:, 0], first, squared_errors, use_gpu=use_gpu)
+    sizes = [codebook.shape[0] for codebook in codebooks.values()]
+    joint = np.ravel_multi_index(tuple(np.moveaxis(indices.astype(np.int64), 1, 0).reshape(len(sizes), -1)), sizes)  # (N*h*w,)
+    _, counts = np.unique(joint, return_counts=True)
+    probabilities = counts / counts.sum()
+    stats.codebooks = per_codebook
+    stats.joint_used_pairs = int(counts.size)
+    stats.joint_perplexity = float(np.exp(-(probabilities * np.log(probabilities)).sum()))
+    return stats
+
+
 # ----------------------------------------------------------------------------- output
 def write_code_plots(stats: CodeStatistics, out_dir: str | Path) -> list[Path]:
     """PNG plots of usage (sorted, log y), NN distances, codes per image and quantization error (if known)."""
@@ -278,11 +322,8 @@ def _format(value: float | int | None, digits: int = 4) -> str:
     return "nan" if not np.isfinite(value) else f"{value:.{digits}g}"
 
 
-def print_code_table(stats: CodeStatistics, title: str = "codebook statistics", console: Console | None = None) -> None:
-    """Print the scalar statistics as a two-column rich table."""
-    table = Table(title=title, show_header=False)
-    table.add_column("statistic", style="bold")
-    table.add_column("value", justify="right")
+def _rows(stats: CodeStatistics) -> list[tuple[str, str]]:
+    """(statistic, value) rows of one codebook."""
     dead_style = "red" if stats.dead_codes else "green"
     nn_distances = (stats.nn_distance_min, stats.nn_distance_median, stats.nn_distance_mean)
     per_image = f"{_format(stats.codes_per_image_mean)} / {stats.codes_per_image_min} / {stats.codes_per_image_max}"
@@ -296,12 +337,33 @@ def print_code_table(stats: CodeStatistics, title: str = "codebook statistics", 
         ("NN distance min / median / mean", " / ".join(_format(value) for value in nn_distances)),
         ("codes per image mean / min / max", per_image),
     ]
-    if stats.quantization_errors is not None:
-        errors = (stats.quantization_error_mean, stats.quantization_error_median, stats.quantization_error_p90)
-        rows.append(("quantization error mean / median / p90", " / ".join(_format(value) for value in errors)))
-    rows.append(("faiss device", stats.faiss_device))
-    for name, value in rows:
-        table.add_row(name, value)
+    return rows
+
+
+def print_code_table(stats: CodeStatistics, title: str = "codebook statistics", console: Console | None = None) -> None:
+    """Print the scalar statistics as a rich table: two columns, or one column per codebook for MSF."""
+    errors = (stats.quantization_error_mean, stats.quantization_error_median, stats.quantization_error_p90)
+    error_row = ("quantization error mean / median / p90" + (" (fused)" if stats.codebooks else ""),
+                 " / ".join(_format(value) for value in errors))
+    if stats.codebooks is None:
+        table = Table(title=title, show_header=False)
+        table.add_column("statistic", style="bold")
+        table.add_column("value", justify="right")
+        for name, value in [*_rows(stats), *([error_row] if stats.quantization_errors is not None else []), ("faiss device", stats.faiss_device)]:
+            table.add_row(name, value)
+    else:
+        table = Table(title=title)
+        table.add_column("statistic", style="bold")
+        columns = {name: dict(_rows(codebook)) for name, codebook in stats.codebooks.items()}
+        for name in columns:
+            table.add_column(name, justify="right")
+        for statistic in columns[next(iter(columns))]:
+            table.add_row(statistic, *(column[statistic] for column in columns.values()))
+        table.add_row("(shared, specified) pairs used / perplexity", f"{stats.joint_used_pairs} / {_format(stats.joint_perplexity)}",
+                      *[""] * (len(columns) - 1))
+        if stats.quantization_errors is not None:
+            table.add_row(*error_row, *[""] * (len(columns) - 1))
+        table.add_row("faiss device", stats.faiss_device, *[""] * (len(columns) - 1))
     (console or default_console).print(table)
 
 
@@ -322,13 +384,18 @@ def analyze_codes(
     store = FeatureStore(store_path)
     require_token_set(store, token_name)
     indices = selected_indices(store, limit)
-    tokens = store.tokens(token_name, indices, view)  # (N, h, w)
+    tokens = store.tokens(token_name, indices, view)  # (N, h, w); MSF (N, G, h, w)
     codebook = store.codebook(token_name)
     try:
         squared_errors = store.token_errors(token_name, indices, view)
     except StoreError:
         squared_errors = None  # token sets written without errors still get every other statistic
-    stats = code_statistics(tokens, codebook, squared_errors, use_gpu=use_gpu)
+    if token_set_quantizer(store.token_attributes(token_name)) == "msf":
+        arrays = store.token_arrays(token_name)
+        codebooks = {"shared": codebook, **({"specified": arrays["codebook_specified"]} if "codebook_specified" in arrays else {})}
+        stats = multi_codebook_statistics(tokens, codebooks, squared_errors, use_gpu=use_gpu)
+    else:
+        stats = code_statistics(tokens, codebook, squared_errors, use_gpu=use_gpu)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {

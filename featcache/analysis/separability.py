@@ -27,6 +27,7 @@ from featcache.datasets.base import IGNORE_LABEL
 from featcache.errors import FeatcacheError, StoreError
 from featcache.metrics.segmentation import BACKGROUND_LABEL, mean_skipping_nan
 from featcache.store.reader import FeatureStore
+from featcache.store.tokens import token_set_quantizer
 
 #: Images read from a store at a time by the store-level drivers.
 BLOCK_SIZE = 256
@@ -172,10 +173,20 @@ def _feature_loaders(store: FeatureStore, view: str, token_name: str | None) -> 
             loaders.append((kind, lambda rows, kind=kind: np.asarray(store.features(rows, view, kind), dtype=np.float32)))
     if token_name is not None:
         require_token_set(store, token_name)
-        codebook = store.codebook(token_name)
-        loaders.append(
-            (f"tokens:{token_name}", lambda rows: quantized_features(store.tokens(token_name, rows, view), codebook))
-        )
+        if token_set_quantizer(store.token_attributes(token_name)) == "msf":
+            # MSF: the fused code (combined shared + specified code, as the decoder reads it), through the torch lookup.
+            import torch
+
+            from featcache.quantize.lookup import CodeLookup
+
+            lookup = CodeLookup.from_token_set(store, token_name)
+            loaders.append((f"tokens:{token_name}", lambda rows: lookup(
+                torch.from_numpy(store.tokens(token_name, rows, view).astype(np.int64))).numpy()))
+        else:
+            codebook = store.codebook(token_name)
+            loaders.append(
+                (f"tokens:{token_name}", lambda rows: quantized_features(store.tokens(token_name, rows, view), codebook))
+            )
     return loaders
 
 

@@ -17,6 +17,7 @@ norm applied to the input sequence, no final norm, its initialisations) and SPOT
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -202,15 +203,25 @@ class TransformerDecoder(SlotDecoder):
         grid: tuple[int, int],
         target: Literal["tokens", "features"],
         feature_dim: int,
-        codebook_size: int = 0,
+        codebook_size: int | Sequence[int] = 0,
         code_dim: int = 0,
     ) -> None:
-        """``code_dim``: width of the codebook vectors read with ``input_embedding: codes`` (0: equal to dim)."""
+        """``code_dim``: width of the codebook vectors read with ``input_embedding: codes`` (0: equal to dim).
+
+        ``codebook_size`` as a sequence [K_0, K_1, ...]: tokens carry one index per codebook (MSF token sets:
+        (B, G, h, w), [shared, specified]); the readout has sum(K_g) logits and the loss is the sum of the
+        per-codebook cross-entropies, as the official MultiScaleFusion SLATE (``CrossEntropyLossGrouped``).
+        The steps then read the fused code vectors (``input_embedding: codes``).
+        """
         super().__init__()
         if target not in ("tokens", "features"):
             raise ConfigError(f"decoder tfd does not support target {target!r}; use tokens or features")
+        self.groups = [int(size) for size in codebook_size] if isinstance(codebook_size, Sequence) else []
+        codebook_size = sum(self.groups) if self.groups else int(codebook_size)  # type: ignore[arg-type]
         if target == "tokens" and codebook_size < 1:
             raise FeatcacheError("decoder tfd with target tokens needs a codebook (codebook_size is 0)")
+        if self.groups and config.input_embedding != "codes":
+            raise ConfigError("decoder tfd reads multi-codebook (MSF) tokens through their fused codes: set decoder.tfd.input_embedding=codes")
         self.input_codes = config.input_embedding == "codes"
         if self.input_codes and target != "tokens":
             raise ConfigError(
@@ -282,6 +293,10 @@ class TransformerDecoder(SlotDecoder):
             tokens = targets.tokens
             if tokens is None:
                 raise FeatcacheError("decoder tfd with target tokens needs targets.tokens, got None")
+            if self.groups:
+                if tokens.ndim != 4 or tokens.shape[1] != len(self.groups):
+                    raise FeatcacheError(f"decoder tfd predicts {len(self.groups)} indices per position; tokens must be (B, {len(self.groups)}, h, w), got {tuple(tokens.shape)}")
+                return tokens.flatten(2).transpose(1, 2).long()  # (B, G, h, w) -> (B, N, G)
             return tokens.flatten(1).long()  # (B, h, w) -> (B, N)
         return flat_target(targets, "features", "tfd")
 
@@ -344,7 +359,13 @@ class TransformerDecoder(SlotDecoder):
         sequence = self.sequence(targets)
         batch_size = prediction.shape[0]
         height, width = self.grid
-        if self.target == "tokens":
+        if self.target == "tokens" and self.groups:  # one readout slice and cross-entropy per codebook, summed
+            slices = prediction.split(self.groups, dim=-1)  # G x (B, N, K_g)
+            terms = [F.cross_entropy(logits.flatten(0, 1), sequence[..., g].flatten()) for g, logits in enumerate(slices)]
+            loss = torch.stack(terms).sum()
+            losses = {"cross_entropy": loss.detach(), **{f"cross_entropy_{g}": term.detach() for g, term in enumerate(terms)}}
+            reconstruction = torch.stack([logits.argmax(dim=-1) for logits in slices], 1).reshape(batch_size, len(self.groups), height, width)
+        elif self.target == "tokens":
             loss = F.cross_entropy(prediction.flatten(0, 1), sequence.flatten())  # (B*N, K) vs (B*N,)
             losses = {"cross_entropy": loss.detach()}
             reconstruction = prediction.argmax(dim=-1).reshape(batch_size, height, width)

@@ -15,6 +15,7 @@ from featcache.aggregators import AggregatorOutput, create_aggregator
 from featcache.decoders import DecoderTargets, create_decoder
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.ocl.config import OCLModelConfig
+from featcache.quantize.lookup import CodeLookup
 
 
 @dataclass
@@ -80,7 +81,8 @@ class OCLModel(nn.Module):
     """Object-centric model trained from the cache: only projection, aggregator and decoder have weights.
 
     ``codebook`` (K, D) is the frozen VQ codebook, kept as a buffer (saved with the weights); it is needed
-    when the decoder reads tokens or codes and may be None when it reads features only.
+    when the decoder reads tokens or codes and may be None when it reads features only. For an MSF token set
+    it is a :class:`CodeLookup`: tokens (B, 2, h, w), codes = the fused shared + specified code vectors.
     """
 
     def __init__(
@@ -88,7 +90,7 @@ class OCLModel(nn.Module):
         config: OCLModelConfig,
         feature_dim: int,
         grid: tuple[int, int],
-        codebook: torch.Tensor | None = None,
+        codebook: torch.Tensor | CodeLookup | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -100,13 +102,23 @@ class OCLModel(nn.Module):
         self.projection = build_projection(config, feature_dim, slot_dim)
         self.input_position = SoftPositionEmbedding(self.grid, slot_dim) if config.input_position == "soft" else None
         self.aggregator = create_aggregator(config.aggregator, input_dim=slot_dim)
-        if codebook is not None:
-            if codebook.ndim != 2:
-                raise FeatcacheError(f"codebook must be (K, D), got shape {tuple(codebook.shape)}")
-            codebook = codebook.detach().clone().float()
+        # MSF token sets: a CodeLookup (fused shared + specified codes; its buffers are saved as code_lookup.*).
+        self.code_lookup = codebook if isinstance(codebook, CodeLookup) and codebook.multi_scale else None
+        if isinstance(codebook, CodeLookup) and not codebook.multi_scale:
+            codebook = codebook.codebook
+        if self.code_lookup is not None:
+            codebook = None
+            sizes = self.code_lookup.group_sizes
+            codebook_size: int | list[int] = sizes if len(sizes) > 1 else sizes[0]
+            code_dim = self.code_lookup.code_dim
+        else:
+            if codebook is not None:
+                if codebook.ndim != 2:  # type: ignore[union-attr]
+                    raise FeatcacheError(f"codebook must be (K, D), got shape {tuple(codebook.shape)}")  # type: ignore[union-attr]
+                codebook = codebook.detach().clone().float()  # type: ignore[union-attr]
+            codebook_size, code_dim = (codebook.shape[0], codebook.shape[1]) if codebook is not None else (0, 0)  # type: ignore[union-attr]
         self.register_buffer("codebook", codebook)
-        codebook_size, code_dim = (codebook.shape[0], codebook.shape[1]) if codebook is not None else (0, 0)
-        if codebook is None and decoder_config.target != "features":
+        if codebook is None and self.code_lookup is None and decoder_config.target != "features":
             raise FeatcacheError(
                 f"decoder {decoder_config.name} with target {decoder_config.target} needs the VQ codebook; "
                 "pass the quantizer's codebook (K, D)"
@@ -169,6 +181,13 @@ class OCLModel(nn.Module):
                 f"decoder {decoder_config.name} with target {decoder_config.target} needs a token set: "
                 "pass tokens=NAME in the config"
             )
+        if self.code_lookup is not None:  # MSF: (B, G, h, w), codes fused as the quantizer's level-0 output
+            groups = len(self.code_lookup.group_sizes)
+            if tuple(tokens.shape) != (features.shape[0], groups, *self.grid):
+                raise FeatcacheError(f"MSF tokens must be (B, {groups}, {self.grid[0]}, {self.grid[1]}), got {tuple(tokens.shape)}")
+            tokens = tokens.long() if groups > 1 else tokens[:, 0].long()
+            codes = self.code_lookup(tokens if tokens.ndim == 4 else tokens[:, None]) if "codes" in self.decoder.needs else None
+            return DecoderTargets(features=features.float(), tokens=tokens, codes=codes)
         if tuple(tokens.shape) != (features.shape[0], *self.grid):
             raise FeatcacheError(
                 f"tokens must be (B, {self.grid[0]}, {self.grid[1]}) like the features, got {tuple(tokens.shape)}"

@@ -4,13 +4,16 @@ from featcache.quantize.codebook import SimVQCodebook, chi_moments, code_similar
 from featcache.quantize.config import QuantizerConfig, VQDecoderConfig
 from featcache.quantize.decoder import FeatureDecoder, PixelDecoder, TinyResidualBlock, VVOPixelDecoder, pixel_targets, upsampling_stages
 from featcache.quantize.encoder import FeatureEncoder
+from featcache.quantize.lookup import CodeLookup, token_set_quantizer
 from featcache.quantize.model import VQModel, VQOutput
 from featcache.quantize.msf import MSFQuantizer, MSFQuantizerConfig, MSFQuantizerOutput
 from featcache.quantize.quantizer import QuantizerOutput, VectorQuantizer
+from featcache.quantize.registry import QUANTIZERS, build_quantizer, decoder_input_dim
 from featcache.quantize.schedules import gumbel_scale, residual_alpha
 from featcache.quantize.usage import code_usage_statistics, usage_statistics_from_counts
 
 __all__ = [
+    "CodeLookup",
     "VQDecoderConfig",
     "FeatureDecoder",
     "FeatureEncoder",
@@ -18,6 +21,7 @@ __all__ = [
     "MSFQuantizerConfig",
     "MSFQuantizerOutput",
     "PixelDecoder",
+    "QUANTIZERS",
     "QuantizerConfig",
     "QuantizerOutput",
     "SimVQCodebook",
@@ -28,13 +32,15 @@ __all__ = [
     "VectorQuantizer",
     "chi_moments",
     "code_similarities",
+    "build_quantizer",
     "code_usage_statistics",
+    "decoder_input_dim",
     "gumbel_scale",
     "nearest_codes",
     "pixel_targets",
     "residual_alpha",
     "squared_distances",
+    "token_set_quantizer",
     "upsampling_stages",
     "usage_statistics_from_counts",
-    
 ]

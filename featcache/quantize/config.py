@@ -10,7 +10,7 @@ featcache's own design; their defaults keep featcache's behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from featcache.config import saved_before
 from featcache.errors import ConfigError
@@ -20,12 +20,17 @@ CodeSimilarity = Literal["squared_distance", "standardised_distance"]
 GumbelScaling = Literal["noise", "similarities"]
 CommitmentTarget = Literal["quantized", "residual"]
 DecoderArchitecture = Literal["featcache", "vvo", "none"]
+#: Quantizers of the registry (featcache.quantize.registry): VVO's single codebook, MSF's multi-scale fusion.
+QuantizerKind = Literal["vvo", "msf"]
 
 
 @dataclass(frozen=True)
 class QuantizerConfig:
     """Encoder, codebook and quantizer losses; defaults follow the paper's DINOv2 ViT-S/14 setting."""
 
+    #: Which quantizer (``vvo``: this class; ``msf``: :class:`featcache.quantize.msf.MSFQuantizerConfig`, whose
+    #: extra keys become valid once ``kind: msf`` is set). Selected by name in YAML: ``quantizer.kind``.
+    kind: QuantizerKind = "vvo"
     #: Number of codes K.
     codebook_size: int = 4096
     #: Code dimension D (256 for the Tfd/Mlp decoders, 4 for the diffusion decoder Dfz).
@@ -75,7 +80,12 @@ class QuantizerConfig:
     #: Seed of the frozen SimVQ templates (same seed -> same templates on every machine).
     seed: int = 0
 
+    #: The ``kind`` this class configures.
+    KIND: ClassVar[str] = "vvo"
+
     def __post_init__(self) -> None:
+        if self.kind != self.KIND:
+            raise ConfigError(f"config key 'kind' {self.kind!r} needs the {self.kind} quantizer config, not {type(self).__name__}")
         for name in ("codebook_size", "code_dim", "template_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key {name!r} must be at least 1, got {getattr(self, name)}")

@@ -24,7 +24,7 @@ whole blocks (adaptive average pooling), the alias-free choice for feature maps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import nn
 
 from featcache.errors import ConfigError
 from featcache.quantize.codebook import SimVQCodebook, code_similarities
-from featcache.quantize.config import QuantizerConfig
+from featcache.quantize.config import QuantizerConfig, QuantizerKind
 from featcache.quantize.encoder import FeatureEncoder
 from featcache.quantize.schedules import gumbel_scale, residual_alpha
 
@@ -44,6 +44,8 @@ CodeCombination = Literal["average", "halves"]
 class MSFQuantizerConfig(QuantizerConfig):
     """VVO's quantizer options (``codebook_size`` = the shared codebook's K) plus MSF's own switches."""
 
+    kind: QuantizerKind = "msf"
+    KIND: ClassVar[str] = "msf"
     #: Pyramid levels N (official 3).
     num_scales: int = 3
     #: Size of level 0's specified codebook; 0 = ``codebook_size``.

@@ -45,6 +45,9 @@ class AnalyzeCodes(Operation):
 
         statistics = analyze_codes(params.store, params.tokens, self.out_dir(params), view=params.view, limit=params.limit)
         print_code_table(statistics, title=f"codes {params.tokens!r} of {params.store}")
+        if statistics.codebooks:  # MSF: one figure per codebook
+            used = ", ".join(f"{name} {s.used_codes}/{s.num_codes} (perplexity {s.perplexity:.1f})" for name, s in statistics.codebooks.items())
+            return f"codes used: {used}; wrote {self.out_dir(params)}"
         return f"{statistics.used_codes}/{statistics.num_codes} codes used, perplexity {statistics.perplexity:.1f}; wrote {self.out_dir(params)}"
 
 

@@ -20,7 +20,7 @@ from featcache.console import RandomWeightsWarning
 from featcache.errors import StoreError
 from featcache.store import integrity, schema
 from featcache.store.schema import StoreLayout
-from featcache.store.tokens import CODEBOOK, INDICES, SQUARED_ERRORS, TOKEN_ATTRIBUTES_KEY, token_group_path
+from featcache.store.tokens import CODEBOOK, INDICES, MSF_TOKEN_ARRAYS, SQUARED_ERRORS, TOKEN_ATTRIBUTES_KEY, token_group_path
 from featcache.store.tokens import token_names as list_token_names
 from featcache.store.writer import directory_bytes
 
@@ -390,7 +390,7 @@ class FeatureStore:
         return int(done.sum()), int(done.shape[0])
 
     def tokens(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
-        """Token indices (B, h, w) or (B, V, h, w), uint16."""
+        """Token indices (B, h, w) or (B, V, h, w), uint16; MSF token sets (B, G, h, w) or (B, V, G, h, w)."""
         return self._read(f"{self._token_path(name)}/{INDICES}", indices, view)
 
     def token_errors(self, name: str, indices: Sequence[int] | np.ndarray | slice, view: ViewSelection = 0) -> np.ndarray:
@@ -400,6 +400,12 @@ class FeatureStore:
     def codebook(self, name: str) -> np.ndarray:
         """The projected codebook (K, D) float32 that token indices point into."""
         return self._whole(f"{self._token_path(name)}/{CODEBOOK}")
+
+    def token_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """MSF token sets' further small arrays (``codebook_specified``, ``projection_weight``, ``projection_bias``)
+        that exist, by name (empty for VVO token sets)."""
+        path = self._token_path(name)
+        return {key: self._whole(f"{path}/{key}") for key in MSF_TOKEN_ARRAYS if f"{path}/{key}" in self.group}
 
     def load_features(self, view: ViewSelection = None) -> np.ndarray:
         """All features in RAM, (N, V, h, w, C) float16 (or one view): for stages whose data fit in memory."""

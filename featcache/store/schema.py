@@ -23,6 +23,10 @@ Per-sample arrays are chunked along N by ``samples_per_chunk`` (S) samples and 1
 unit = S consecutive samples = one chunk of every per-sample array: parallel writers never share a
 chunk, and a unit is either marked done in ``units_done`` or redone on resume. ``units_done`` exists
 because zarr skips empty chunks, so chunk files are no completion signal.
+
+Token sets (``tokens/<name>/``, written by `featcache tokenize`; layout in :mod:`featcache.store.tokens`) hold
+``indices`` (N, V, h, w) uint16 for VVO's quantizer and (N, V, G, h, w) for MSF's (attribute ``quantizer: msf``;
+G = 2: [shared code, level 0's specified code] at every position), with the codebook(s) the indices point into.
 """
 
 from __future__ import annotations

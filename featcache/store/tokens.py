@@ -12,6 +12,26 @@ units_done          (U,)                  uint8     completion record, same unit
 ==================  ====================  ========  ==================================================
 
 Chunks follow the store's write units, so tokenizing resumes unit by unit like extraction.
+
+Token sets of the MSF quantizer (attribute ``quantizer: msf``; VVO sets have no such attribute or ``vvo``) hold
+pyramid level 0 (the scale OCL is guided by), with one index per codebook at every position:
+
+=====================  =====================  ========  ==============================================
+name                   shape                  dtype     meaning
+=====================  =====================  ========  ==============================================
+indices                (N, V, G, h, w)        uint16    G = 2: [shared code, level 0's specified code]
+                                                        (G = 1 without specified codebooks)
+squared_errors         (N, V, h, w)           float16   squared L2 distance between the fused encoding
+                                                        and the fused code
+codebook               (K, d)                 float32   the shared codebook (index channel 0)
+codebook_specified     (K0, d)                float32   level 0's specified codebook (index channel 1)
+projection_weight      (E, D)                 float32   only with the pseudo-inverse projection: the
+projection_bias        (E,)                   float32   Linear(D -> E) applied to the combined code
+=====================  =====================  ========  ==============================================
+
+The decoder input of a position is ``combine`` (attribute: ``average`` = (shared + specified) / 2, ``halves`` =
+their concatenation) of the two codes, projected when the projection arrays exist
+(:class:`featcache.quantize.lookup.CodeLookup` rebuilds it from these arrays and attributes).
 """
 
 from __future__ import annotations
@@ -32,8 +52,18 @@ TOKEN_ATTRIBUTES_KEY = "featcache_tokens"
 INDICES = "indices"
 SQUARED_ERRORS = "squared_errors"
 CODEBOOK = "codebook"
+#: MSF token sets only (see the module docstring).
+CODEBOOK_SPECIFIED = "codebook_specified"
+PROJECTION_WEIGHT = "projection_weight"
+PROJECTION_BIAS = "projection_bias"
+MSF_TOKEN_ARRAYS = (CODEBOOK_SPECIFIED, PROJECTION_WEIGHT, PROJECTION_BIAS)
 #: uint16 indices address at most this many codes.
 MAX_CODEBOOK_SIZE = 65536
+
+
+def token_set_quantizer(attributes: dict[str, Any]) -> str:
+    """``vvo`` or ``msf``: the quantizer a token set was made by (sets written before MSF are VVO)."""
+    return str(attributes.get("quantizer", "vvo"))
 
 
 def validate_token_name(name: str) -> str:
@@ -66,16 +96,26 @@ def is_half_created_token_set(store: Path, name: str) -> bool:
     return path in root and TOKEN_ATTRIBUTES_KEY not in root[path].attrs
 
 
-def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.ndarray, attributes: dict[str, Any]) -> None:
+def create_token_set(
+    store: Path,
+    name: str,
+    layout: StoreLayout,
+    codebook: np.ndarray,
+    attributes: dict[str, Any],
+    index_groups: int = 0,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+) -> None:
     """Create ``tokens/<name>`` with its codebook; fails if it exists (the caller decides about overwriting).
 
-    The attributes are written last, so a group without them is a creation that was interrupted: it is removed
-    and created again here. The caller holds the token set's lock.
+    ``index_groups`` G > 0 gives indices (N, V, G, h, w) (MSF: one index per codebook); 0 the VVO (N, V, h, w).
+    ``extra_arrays`` are further small arrays (MSF: ``codebook_specified``, the projection). The attributes are
+    written last, so a group without them is a creation that was interrupted: it is removed and created again
+    here. The caller holds the token set's lock.
     """
     path = token_group_path(name)
-    size, _ = codebook.shape
-    if size > MAX_CODEBOOK_SIZE:
-        raise StoreError(f"codebook of {size} codes does not fit uint16 token indices (at most {MAX_CODEBOOK_SIZE})")
+    for array in (codebook, *[a for key, a in (extra_arrays or {}).items() if key.startswith(CODEBOOK)]):
+        if array.shape[0] > MAX_CODEBOOK_SIZE:
+            raise StoreError(f"codebook of {array.shape[0]} codes does not fit uint16 token indices (at most {MAX_CODEBOOK_SIZE})")
     if is_half_created_token_set(store, name):
         delete_token_set(store, name)
     root = zarr.open_group(str(store), mode="r+")
@@ -85,11 +125,15 @@ def create_token_set(store: Path, name: str, layout: StoreLayout, codebook: np.n
     height, width = layout.grid
     shape = (layout.num_samples, layout.num_views, height, width)
     chunks = (layout.samples_per_chunk, 1, height, width)
+    groups = (index_groups,) if index_groups else ()
     compressors = chunk_codecs(1)  # with crc32c checksums (see featcache.store.integrity)
-    group.create_array(INDICES, shape=shape, chunks=chunks, dtype="uint16", compressors=compressors, fill_value=0)
+    group.create_array(INDICES, shape=shape[:2] + groups + shape[2:], chunks=chunks[:2] + groups + chunks[2:], dtype="uint16",
+                       compressors=compressors, fill_value=0)
     group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=compressors, fill_value=0)
     group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs())
     group.create_array(CODEBOOK, data=codebook.astype(np.float32), compressors=small_codecs())
+    for key, array in (extra_arrays or {}).items():
+        group.create_array(key, data=np.asarray(array, dtype=np.float32), compressors=small_codecs())
     write_token_attributes(group, {**attributes, "integrity": integrity_attributes()})
 
 
@@ -104,7 +148,7 @@ def delete_token_set(store: Path, name: str) -> None:
 
 
 def write_token_unit(store: Path, name: str, start: int, indices: np.ndarray, squared_errors: np.ndarray, unit: int) -> None:
-    """Write one unit's indices (n, V, h, w) and errors, then mark the unit done."""
+    """Write one unit's indices (n, V, h, w) (MSF: (n, V, G, h, w)) and errors (n, V, h, w), then mark the unit done."""
     group = zarr.open_group(str(store), mode="r+")[token_group_path(name)]
     region = slice(start, start + indices.shape[0])
     writable(group, INDICES)[region] = indices.astype(np.uint16)

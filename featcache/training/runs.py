@@ -11,8 +11,9 @@ from featcache.config import from_dict
 from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.ocl import OCLModel
 from featcache.ocl.temporal import TemporalOCLModel
-from featcache.quantize import VQModel
+from featcache.quantize import CodeLookup, VQModel
 from featcache.store import FeatureStore
+from featcache.store.tokens import token_set_quantizer
 from featcache.training.checkpoint import load_weights, read_run
 from featcache.training.config import OCLTrainConfig, VQTrainConfig
 
@@ -68,7 +69,7 @@ def read_run_config(run_dir: Path, config_class: type, overrides: list[str]) -> 
 EVALUATION_NOISE_SEED = 0
 
 
-def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | None:
+def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | CodeLookup | None:
     if not config.tokens:
         if config.model.decoder.target != "features":
             raise ConfigError(
@@ -76,6 +77,8 @@ def _codebook(store: FeatureStore, config: OCLTrainConfig) -> torch.Tensor | Non
                 f"set tokens=NAME (token sets of {store.path}: {', '.join(store.token_names()) or 'none'})"
             )
         return None
+    if token_set_quantizer(store.token_attributes(config.tokens)) == "msf":  # both indices, fused codes (scale 1)
+        return CodeLookup.from_token_set(store, config.tokens)
     return torch.from_numpy(store.codebook(config.tokens))
 
 

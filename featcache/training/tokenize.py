@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from featcache import records
@@ -14,10 +15,21 @@ from featcache.config import to_dict
 from featcache.console import format_rate, progress_bar
 from featcache.errors import StoreError
 from featcache.provenance import utc_now
+from featcache.quantize import MSFQuantizer, decoder_input_dim
 from featcache.runtime import autocast, resolve_device
 from featcache.store import FeatureStore
 from featcache.store.lock import WriterLock, token_lock_path
-from featcache.store.tokens import create_token_set, delete_token_set, finish_token_set, pending_token_units, validate_token_name, write_token_unit
+from featcache.store.tokens import (
+    CODEBOOK_SPECIFIED,
+    PROJECTION_BIAS,
+    PROJECTION_WEIGHT,
+    create_token_set,
+    delete_token_set,
+    finish_token_set,
+    pending_token_units,
+    validate_token_name,
+    write_token_unit,
+)
 from featcache.store.writer import writing
 from featcache.training.runs import load_vq_run
 
@@ -110,8 +122,7 @@ def _tokenize_locked(
         elif existing.get("completed"):
             raise StoreError(f"token set {name!r} in {store_path} is complete; pass --overwrite to rewrite it or choose another --name")
     if name not in FeatureStore(store_path, warn_random=False).token_names():
-        with torch.no_grad():
-            codebook = model.quantizer.codebook.codes().float().cpu().numpy()  # (K, D) projected codes
+        codebook, extra_arrays, msf_attributes = token_set_arrays(model.quantizer)
         with writing(store_path, f"the new token set {name!r}"):
             create_token_set(
                 store_path,
@@ -127,7 +138,10 @@ def _tokenize_locked(
                     "vq": {"run": str(vq_run), "weights_sha256": weights_sha256, "config": to_dict(config), "trained_on": info["store"]},
                     "codebook_size": int(codebook.shape[0]),
                     "code_dim": int(codebook.shape[1]),
+                    **msf_attributes,
                 },
+                index_groups=int(msf_attributes.get("index_groups", 0)),
+                extra_arrays=extra_arrays,
             )
     pending = pending_token_units(store_path, name)
     layout = store.layout
@@ -150,9 +164,10 @@ def _tokenize_locked(
                 indices.append(chunk_indices.cpu())
                 errors.append(chunk_errors.float().cpu())
             shape = (count, views, *layout.grid)
+            all_indices = torch.cat(indices).numpy()  # (n*V, h, w) or, MSF, (n*V, G, h, w)
             with writing(store_path, f"unit {unit} of token set {name!r}"):
                 write_token_unit(
-                    store_path, name, start, torch.cat(indices).numpy().reshape(shape), torch.cat(errors).numpy().reshape(shape), unit
+                    store_path, name, start, all_indices.reshape(count, views, *all_indices.shape[1:]), torch.cat(errors).numpy().reshape(shape), unit
                 )
             done_samples += count
             progress.update(task, advance=1, rate=format_rate(done_samples, time.perf_counter() - started, "samples"))
@@ -162,4 +177,35 @@ def _tokenize_locked(
     return pending, started
 
 
-__all__ = ["TokenizeSummary", "check_run_fits_store", "tokenize_store"]
+@torch.no_grad()
+def token_set_arrays(quantizer: torch.nn.Module) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """(codebook (K, d), further arrays, further attributes) a quantizer's token set stores.
+
+    VVO: the projected codebook alone. MSF: the shared codebook as ``codebook``, level 0's specified one as
+    ``codebook_specified``, the projection when there is one, and the attributes naming the layout
+    (``quantizer: msf``, ``index_groups``, ``combine``, ``codebook_sizes``, ``decoder_dim``, ``scale``).
+    """
+    if not isinstance(quantizer, MSFQuantizer):
+        return quantizer.codebook.codes().float().cpu().numpy(), {}, {}  # type: ignore[operator,union-attr]
+    config = quantizer.config
+    shared = quantizer.shared.codes().float().cpu().numpy()  # (K, d)
+    arrays: dict[str, np.ndarray] = {}
+    if config.specified_codebooks:
+        arrays[CODEBOOK_SPECIFIED] = quantizer.specified[0].codes().float().cpu().numpy()  # (K0, d)
+    if quantizer.projection is not None:
+        arrays[PROJECTION_WEIGHT] = quantizer.projection.weight.float().cpu().numpy()  # (E, D)
+        arrays[PROJECTION_BIAS] = quantizer.projection.bias.float().cpu().numpy()  # (E,)
+    sizes = [int(shared.shape[0])] + ([int(arrays[CODEBOOK_SPECIFIED].shape[0])] if config.specified_codebooks else [])
+    attributes = {
+        "quantizer": "msf",
+        "scale": 0,
+        "index_groups": len(sizes),
+        "codebook_names": ["shared", "specified"][: len(sizes)],
+        "codebook_sizes": sizes,
+        "combine": config.combine,
+        "decoder_dim": decoder_input_dim(config),
+    }
+    return shared, arrays, attributes
+
+
+__all__ = ["TokenizeSummary", "check_run_fits_store", "token_set_arrays", "tokenize_store"]

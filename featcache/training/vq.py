@@ -16,7 +16,7 @@ from PIL import Image
 from featcache import records
 from featcache.config import to_dict
 from featcache.errors import ConfigError, StoreError
-from featcache.quantize import VQModel, usage_statistics_from_counts
+from featcache.quantize import MSFQuantizerConfig, VQModel, usage_statistics_from_counts
 from featcache.runtime import resolve_device, seed_everything
 from featcache.store import FeatureStore
 from featcache.training.checkpoint import check_resume_inputs, prepare_run_folder, run_lock
@@ -65,6 +65,7 @@ def train_vq(
         )
         run_info = {
             "stage": "vq",
+            "quantizer": config.quantizer.kind,  # vvo | msf (featcache.quantize.registry)
             **records.provenance(),
             "store": store_summary_for_run(store, feature_kind),
             "online": online,
@@ -75,19 +76,31 @@ def train_vq(
         start_step = restore(run_dir, model, optimizer, batches) if resume else 0
         end_step = train.steps if stop_after is None else min(train.steps, start_step + stop_after)
         usage = torch.zeros(config.quantizer.codebook_size, dtype=torch.long, device=target_device)
+        # MSF: ``usage`` counts the shared codebook at level 0, ``specified_usage`` level 0's specified codebook.
+        specified_sizes = config.quantizer.specified_sizes() if isinstance(config.quantizer, MSFQuantizerConfig) and config.quantizer.specified_codebooks else []
+        specified_usage = torch.zeros(specified_sizes[0] if specified_sizes else 0, dtype=torch.long, device=target_device)
         schedule: dict[str, float] = {}
 
         def step_loss(batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             targets = batch.images if with_images else batch.features
             output = model(batch.features, targets, progress=step / train.steps)
-            usage.add_(torch.bincount(output.indices.flatten(), minlength=config.quantizer.codebook_size))
+            indices = output.indices if output.indices.ndim == 3 else output.indices[:, 0]  # (B, h, w) shared / only
+            usage.add_(torch.bincount(indices.flatten(), minlength=config.quantizer.codebook_size))
+            if specified_sizes:
+                specified_usage.add_(torch.bincount(output.indices[:, 1].flatten(), minlength=specified_sizes[0]))
             schedule.update(gumbel_scale=output.quantizer.gumbel_scale, alpha=output.quantizer.alpha)
+            if output.reconstruction_per_scale is not None:  # logged per level, unweighted (their sum is in losses)
+                levels = {f"reconstruction_scale{i}": value.detach() for i, value in enumerate(output.reconstruction_per_scale)}
+                return output.losses["total"], {**output.losses, **levels}
             return output.losses["total"], output.losses
 
         def window_metrics() -> dict[str, Any]:
             """Code usage since the last log row (then reset) and the schedules' current values."""
             statistics = usage_statistics_from_counts(usage)
             usage.zero_()
+            if specified_sizes:
+                statistics.update({f"specified_{key}": value for key, value in usage_statistics_from_counts(specified_usage).items()})
+                specified_usage.zero_()
             return {**statistics, **schedule}
 
         try:
