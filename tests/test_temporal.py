@@ -57,6 +57,9 @@ def clip_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
             train_vq(out, vq, root / f"vq-{name}", device="cpu", show_progress=False)
             tokenize_store(out, root / f"vq-{name}", name, device="cpu", show_progress=False)
+        msf = merge(vq, {"quantizer": {"kind": "msf", "codebook_size": 8}})  # MSF token set: (shared, specified) per position
+        train_vq(out, msf, root / "vq-msf", device="cpu", show_progress=False)
+        tokenize_store(out, root / "vq-msf", "msf", device="cpu", show_progress=False)
     return out
 
 
@@ -255,3 +258,12 @@ def test_fused_seeds_refuse_temporal_configs(tmp_path: Path) -> None:
     config = video_config()
     with pytest.raises(ConfigError, match="fused seeds train image models only"):
         check_fusable([with_seed(config, 0), with_seed(config, 1)], [tmp_path / "a", tmp_path / "b"])
+
+
+def test_temporal_models_read_msf_token_sets(clip_store: Path, tmp_path: Path) -> None:
+    """MSF tokens (two indices per position) guide a temporal Tfd: windows (B, T, 2, h, w), the fused codes per frame."""
+    config = merge(video_config("vvo-tfdt", steps=2), {"tokens": "msf"})
+    result = train_ocl(clip_store, config, tmp_path / "run", device="cpu", show_progress=False)
+    assert result.steps == 2 and np.isfinite(result.first_losses[0])
+    metrics = evaluate_run(tmp_path / "run", device="cpu", show_progress=False, protocol_name="vvo", clip_pictures=0)["metrics"]
+    assert metrics["clips"] == 5 and np.isfinite(metrics["clip_ari"])

@@ -171,8 +171,8 @@ class TemporalOCLModel(nn.Module):
         height, width = self.grid
         if features.ndim != 5 or tuple(features.shape[2:]) != (height, width, self.frame.feature_dim):
             raise FeatcacheError(f"clip features must be (B, T, {height}, {width}, {self.frame.feature_dim}), got {tuple(features.shape)}")
-        if tokens is not None and tuple(tokens.shape) != tuple(features.shape[:4]):
-            raise FeatcacheError(f"clip tokens must be (B, T, {height}, {width}) like the features, got {tuple(tokens.shape)}")
+        if tokens is not None and tuple(tokens.shape[:2]) != tuple(features.shape[:2]):  # the frame model checks the rest
+            raise FeatcacheError(f"clip tokens must be (B, T, ...) like the features (B, T) = {tuple(features.shape[:2])}, got {tuple(tokens.shape)}")
         if self.box_queries is not None and (boxes is None or tuple(boxes.shape) != (features.shape[0], self.num_slots, 4)):
             got = None if boxes is None else tuple(boxes.shape)
             raise FeatcacheError(f"query_init bbox needs the first frame's boxes (B, {self.num_slots}, 4), got {got}")
@@ -206,7 +206,7 @@ class TemporalOCLModel(nn.Module):
         noise: dict[str, dict[str, torch.Tensor]] | None = None,
         boxes: torch.Tensor | None = None,
     ) -> TemporalOutput:
-        """features (B, T, h, w, C), tokens (B, T, h, w) or None, boxes (B, S, 4) or None -> loss, slots, masks."""
+        """features (B, T, h, w, C), tokens (B, T, h, w) (MSF: (B, T, 2, h, w)) or None, boxes (B, S, 4) or None -> loss, slots, masks."""
         self._check(features, tokens, boxes)
         noise = noise or {}
         batch, frames = features.shape[:2]
