@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from safetensors.numpy import load_file
 from sklearn.metrics import accuracy_score, normalized_mutual_info_score, r2_score
 from typer.testing import CliRunner
@@ -35,6 +36,7 @@ from featcache.config import load_config, merge
 from featcache.errors import FeatcacheError, StoreError
 from featcache.store import FeatureStore
 from featcache.store.slots import SlotSet
+from featcache.store.summary import store_summary
 from featcache.training.config import OCLTrainConfig
 from featcache.training.ocl import train_ocl
 
@@ -271,6 +273,12 @@ def test_a_slot_set_whose_run_changed_is_refused(slot_run: tuple[Path, Path], tm
         encode_slots(copy, store_path, "changing", device="cpu", show_progress=False)
     with pytest.raises(StoreError, match="no slot set 'nothere'"):
         SlotSet(FeatureStore(store_path), "nothere")
+    group = zarr.open_group(str(store_path), mode="r+")["slots/changing"]
+    group.attrs["featcache_slots"] = {**group.attrs["featcache_slots"], "num_slots": 99}  # an edited record
+    with pytest.raises(StoreError, match="attributes edited since it was completed: num_slots"):
+        SlotSet(FeatureStore(store_path), "changing").require_current()
+    problems = store_summary(store_path)["integrity"]["problems"]
+    assert any(problem.startswith("slot set 'changing': attributes edited") for problem in problems)
 
 
 # ----------------------------------------------------------------------------- CLI round trip

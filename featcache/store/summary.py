@@ -10,7 +10,7 @@ from rich.table import Table
 from featcache.console import console
 from featcache.store import integrity
 from featcache.store.reader import FeatureStore
-from featcache.store.slots import slot_sets
+from featcache.store.slots import SlotSet, slot_names, slot_sets
 
 
 def _human_bytes(count: int) -> str:
@@ -71,6 +71,9 @@ def integrity_problems(store: FeatureStore, complete: bool) -> list[str]:
     for name in store.token_names():
         problems += [f"token set {name!r}: attributes edited since it was completed: {item}"
                      for item in integrity.changed_attributes(store.token_attributes(name)) or []]
+    for name in slot_names(store.group):
+        problems += [f"slot set {name!r}: attributes edited since it was completed: {item}"
+                     for item in integrity.changed_attributes(SlotSet(store, name).attributes) or []]
     arrays = store.missing_arrays()
     token_arrays = {name: store.missing_token_arrays(name) for name in store.token_names()}
     problems += [f"array {name!r} is missing (its zarr.json is gone)" for name in arrays + sum(token_arrays.values(), [])]
