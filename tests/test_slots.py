@@ -315,6 +315,7 @@ def test_encode_probe_analyze_from_the_cli(
     assert clusters["substitution_error"] == pytest.approx(substitution_error(slots, centroids, assignment), rel=1e-4)
     assert [row["k"] for row in clusters["k_table"]] == [2, 3, 4] and clusters["points"] == len(slots)
     assert 0.0 <= clusters["purity"] <= 1.0 and 0.0 <= clusters["nmi"] <= 1.0
+    assert clusters["none_fraction"] < 1.0 and 0.0 <= clusters["purity_objects"] <= 1.0
     assert (analysis_out / "slot_clusters.png").is_file()
     monkeypatch.setattr(sys, "argv", ["featcache", "analyze", "slots", "--store", str(store_path), "--slots", "nothere", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit) as exit_:

@@ -5,7 +5,9 @@ that help choose k and say what the clusters mean.
   slot) and ``sklearn silhouette_score`` on a seeded subsample.
 - Purity and NMI (``sklearn normalized_mutual_info_score``) of the clusters against each slot's object class: slots
   are matched to the ground-truth objects of their image by mask IoU (Hungarian, maximum total IoU); a slot matched
-  to no object (or with zero overlap) gets the class ``none`` (-1), so background slots form their own class.
+  to no object (or with zero overlap) gets the class ``none`` (-1), so background slots form their own class; both
+  scores are also given over the object-matched slots only (``purity_objects``, ``nmi_objects``), since a set whose
+  slots are mostly "none" has a high purity whatever its clusters.
 - Nearest-centroid substitution error: mean squared distance of slots to their centroid divided by the slots' total
   variance (mean squared distance to their mean): 0 = centroids replace slots exactly, 1 = no better than the mean.
 - A PNG grid: one row per cluster, its slots nearest to the centroid drawn as the slot's mask over the image.
@@ -145,7 +147,8 @@ def cluster_grid(store: Any, slot_set: Any, references: np.ndarray, fit: KMeansF
         for point in nearest:
             sample, view_position, slot = (int(v) for v in references[point])
             view = slot_set.views[view_position]
-            mask = slot_set.masks([sample], view=view)[0, slot]  # (h, w)
+            mask = slot_set.masks([sample], view=view)[0, slot]  # (h, w), soft: scaled to its maximum to be seen
+            mask = mask / max(float(mask.max()), 1e-6)
             mask = np.asarray(Image.fromarray((mask * 255).clip(0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)) / 255.0
             image = store.images([sample], view=view)[0] if store.has_images else np.full((size, size, 3), 128, np.uint8)
             cells.append((image * (0.2 + 0.8 * mask[..., None])).astype(np.uint8))
@@ -216,6 +219,10 @@ def analyze_slot_set(
         record["nmi"] = float(normalized_mutual_info_score(flat_classes, fit.assignment))
         record["matching"] = "slot masks (the run's mask_source) vs instance masks, Hungarian on IoU; unmatched slots: class none (-1)"
         record["none_fraction"] = float((flat_classes == NONE_CLASS).mean())
+        objects = flat_classes != NONE_CLASS  # the same scores over the slots matched to an object only
+        if objects.sum() >= 2:
+            record["purity_objects"] = purity(flat_classes[objects], fit.assignment[objects])
+            record["nmi_objects"] = float(normalized_mutual_info_score(flat_classes[objects], fit.assignment[objects]))
         record["cluster_classes"] = [
             {str(int(c)): int(n) for c, n in zip(*np.unique(flat_classes[fit.assignment == cluster], return_counts=True))} for cluster in range(k)
         ]
@@ -246,6 +253,8 @@ def print_slot_cluster_tables(record: dict[str, Any]) -> None:
         summary.add_row("purity (matched object class)", f"{record['purity']:.3f}")
         summary.add_row("NMI", f"{record['nmi']:.3f}")
         summary.add_row("slots matched to no object", f"{record['none_fraction']:.3f}")
+        if "purity_objects" in record:
+            summary.add_row("purity / NMI, object slots only", f"{record['purity_objects']:.3f} / {record['nmi_objects']:.3f}")
     console.print(summary)
 
 
