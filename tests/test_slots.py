@@ -317,6 +317,15 @@ def test_encode_probe_analyze_from_the_cli(
     assert 0.0 <= clusters["purity"] <= 1.0 and 0.0 <= clusters["nmi"] <= 1.0
     assert clusters["none_fraction"] < 1.0 and 0.0 <= clusters["purity_objects"] <= 1.0
     assert (analysis_out / "slot_clusters.png").is_file()
+    from featcache.store.verify import verify_store
+
+    report = verify_store(store_path, show_progress=False)
+    slot_rows = {row.subject: row for row in report.rows if row.check == "slot set"}
+    assert slot_rows["cli"].ok and any(row.subject == "slots/cli/slots" and row.chunks_read for row in report.rows)
+    chunk = store_path / "slots" / "cli" / "slots" / "c" / "1" / "0" / "0" / "0"
+    chunk.unlink()  # a done unit's chunk gone: verify names it
+    report = verify_store(store_path, show_progress=False)
+    assert any("slots/cli/slots" in problem and "missing" in problem for problem in report.problems)
     monkeypatch.setattr(sys, "argv", ["featcache", "analyze", "slots", "--store", str(store_path), "--slots", "nothere", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit) as exit_:
         main()
