@@ -273,6 +273,8 @@ def test_a_slot_set_whose_run_changed_is_refused(slot_run: tuple[Path, Path], tm
         encode_slots(copy, store_path, "changing", device="cpu", show_progress=False)
     with pytest.raises(StoreError, match="no slot set 'nothere'"):
         SlotSet(FeatureStore(store_path), "nothere")
+    with pytest.raises(StoreError, match="slot set name '../x' is invalid"):
+        encode_slots(copy, store_path, "../x", device="cpu", show_progress=False)
     group = zarr.open_group(str(store_path), mode="r+")["slots/changing"]
     group.attrs["featcache_slots"] = {**group.attrs["featcache_slots"], "num_slots": 99}  # an edited record
     with pytest.raises(StoreError, match="attributes edited since it was completed: num_slots"):
