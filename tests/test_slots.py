@@ -273,6 +273,14 @@ def test_a_slot_set_whose_run_changed_is_refused(slot_run: tuple[Path, Path], tm
         encode_slots(copy, store_path, "changing", device="cpu", show_progress=False)
     with pytest.raises(StoreError, match="no slot set 'nothere'"):
         SlotSet(FeatureStore(store_path), "nothere")
+    other = tmp_path / "other.zarr"  # the slot set inside a store of other data (its identity differs)
+    shutil.copytree(store_path, other)
+    root = zarr.open_group(str(other), mode="r+")
+    attributes = dict(root.attrs["featcache"])
+    root.attrs["featcache"] = {**attributes, "identity": {**attributes["identity"], "dataset_fingerprint": "other"}}
+    with pytest.raises(StoreError, match="was made from another store") as error:
+        SlotSet(FeatureStore(other, warn_random=False), "changing").require_current()
+    assert "\n" not in str(error.value)
     with pytest.raises(StoreError, match="slot set name '../x' is invalid"):
         encode_slots(copy, store_path, "../x", device="cpu", show_progress=False)
     group = zarr.open_group(str(store_path), mode="r+")["slots/changing"]
@@ -321,13 +329,14 @@ def test_encode_probe_analyze_from_the_cli(
     assert (analysis_out / "slot_clusters.png").is_file()
     from featcache.store.verify import verify_store
 
+    chunk = store_path / "slots" / "cli" / "slots" / "c" / "1" / "0" / "0" / "0"
+    chunk.unlink()  # a done unit's chunk gone: verify names it (and reads the other chunks of every slot set)
     report = verify_store(store_path, show_progress=False)
     slot_rows = {row.subject: row for row in report.rows if row.check == "slot set"}
-    assert slot_rows["cli"].ok and any(row.subject == "slots/cli/slots" and row.chunks_read for row in report.rows)
-    chunk = store_path / "slots" / "cli" / "slots" / "c" / "1" / "0" / "0" / "0"
-    chunk.unlink()  # a done unit's chunk gone: verify names it
-    report = verify_store(store_path, show_progress=False)
-    assert any("slots/cli/slots" in problem and "missing" in problem for problem in report.problems)
+    assert slot_rows["cli"].ok and {"cli", "fwd"} <= set(slot_rows)  # complete, attributes as recorded
+    arrays = {row.subject: row for row in report.rows}
+    assert arrays["slots/fwd/slots"].ok and arrays["slots/fwd/slots"].chunks_read == 3
+    assert not arrays["slots/cli/slots"].ok and "missing" in arrays["slots/cli/slots"].problems[0]
     monkeypatch.setattr(sys, "argv", ["featcache", "analyze", "slots", "--store", str(store_path), "--slots", "nothere", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit) as exit_:
         main()
