@@ -29,6 +29,8 @@ analyze_app = typer.Typer(no_args_is_help=True, help="Diagnostics of features an
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.add_typer(analyze_app, name="analyze")
+probe_app = typer.Typer(no_args_is_help=True, help="Probes of what slots encode (set prediction).")
+app.add_typer(probe_app, name="probe")
 
 
 def _write_json(path: Path | None, result: dict[str, Any]) -> None:
@@ -126,7 +128,7 @@ def _operation_command(operation: Operation) -> Callable[..., None]:
 def _add_operation_commands() -> None:
     from featcache.pipelines.kinds import ALL_OPERATIONS
 
-    groups = {"data": data_app, "analyze": analyze_app}
+    groups = {"data": data_app, "analyze": analyze_app, "probe": probe_app}
     for operation in ALL_OPERATIONS:
         *group, name = operation.words
         target = groups[group[0]] if group else app

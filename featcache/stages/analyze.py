@@ -1,4 +1,5 @@
-"""`featcache analyze codes` and `featcache analyze separability`: diagnostics of cached features and VQ codes.
+"""`featcache analyze codes`, `featcache analyze separability` and `featcache analyze slots`: diagnostics of cached
+features, VQ codes and slot sets.
 
 The analyses live in :mod:`featcache.analysis` (faiss code statistics, per-image kMeans, distances).
 """
@@ -97,5 +98,63 @@ class AnalyzeSeparability(Operation):
         return ", ".join(f"{Path(row['store']).name} {row['kind']}: kMeans fg_ari {row['kmeans_fg_ari']:.3f}" for row in rows)
 
 
+@dataclass(frozen=True)
+class SlotsParams:
+    store: str = param("", help="A store with a slot set (written by encode-slots).", role="input", required=True)
+    slots: str = param("", help="Slot set name.", required=True)
+    k: int = param(8, help="Number of slot clusters (faiss kMeans over every slot of the set).")
+    k_range: str = param("2..16", help="LOW..HIGH: k values of the elbow/silhouette table ('' for none).")
+    silhouette_samples: int = param(2000, help="Slots subsampled for each silhouette score.")
+    niter: int = param(25, help="kMeans iterations.")
+    nredo: int = param(3, help="kMeans restarts (the lowest objective is kept).")
+    limit: int | None = param(None, help="Use at most this many samples.")
+    grid_slots: int = param(8, help="Nearest slots drawn per cluster in slot_clusters.png (0: no picture).")
+    seed: int = param(0, help="Seed of kMeans and the silhouette subsample.")
+    out: str | None = param(None, help="Folder for slot_clusters.json, centroids and the PNG; default runs/analysis/<store>-slots-<name>.",
+                            role="out")
+
+
+class AnalyzeSlots(Operation):
+    """kMeans over a slot set: k table, purity/NMI vs matched object classes, substitution error, PNG, centroids saved."""
+
+    name = "analyze-slots"
+    command = ("analyze", "slots")
+    params_type = SlotsParams
+    replace = "overwrite"
+
+    def validate(self, params: SlotsParams) -> None:
+        from featcache.errors import FeatcacheError
+
+        super().validate(params)
+        if params.k < 2:
+            raise FeatcacheError(f"k is {params.k}; expected at least 2 clusters")
+
+    def out_dir(self, params: SlotsParams) -> Path:
+        return Path(params.out) if params.out else Path("runs") / "analysis" / f"{Path(params.store).stem}-slots-{params.slots}"
+
+    def outputs(self, params: SlotsParams) -> dict[str, str]:
+        out = self.out_dir(params)
+        return {"out": str(out), "json": str(out / "slot_clusters.json"), "centroids": str(out / "centroids.safetensors")}
+
+    def owned(self, params: SlotsParams) -> list[str]:
+        return [str(self.out_dir(params))]
+
+    def outputs_exist(self, params: SlotsParams) -> bool:
+        return Path(self.outputs(params)["json"]).is_file()
+
+    def run(self, params: SlotsParams, resume: bool = False, show_progress: bool = True) -> str:
+        from featcache.analysis.slot_clusters import analyze_slot_set, print_slot_cluster_tables
+
+        record = analyze_slot_set(params.store, params.slots, params.k, self.out_dir(params), k_range=params.k_range,
+                                  silhouette_samples=params.silhouette_samples, seed=params.seed, niter=params.niter, nredo=params.nredo,
+                                  limit=params.limit, grid_slots=params.grid_slots)
+        print_slot_cluster_tables(record)
+        note = f"k {params.k}: substitution error {record['substitution_error']:.3f}"
+        if "purity" in record:
+            note += f", purity {record['purity']:.3f}, NMI {record['nmi']:.3f}"
+        return note + f"; wrote {self.out_dir(params)}"
+
+
 ANALYZE_CODES = declare(AnalyzeCodes())
 ANALYZE_SEPARABILITY = declare(AnalyzeSeparability())
+ANALYZE_SLOTS = declare(AnalyzeSlots())

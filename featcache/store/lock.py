@@ -42,6 +42,12 @@ def token_lock_path(store: Path, name: str) -> Path:
     return store.with_name(f"{store.name}.tokens-{name}{LOCK_SUFFIX}")
 
 
+def slot_lock_path(store: Path, name: str) -> Path:
+    """The lock file of slot set ``name`` of ``store``: ``<store>.slots-<name>.lock`` beside it."""
+    store = Path(store).resolve()
+    return store.with_name(f"{store.name}.slots-{name}{LOCK_SUFFIX}")
+
+
 def _pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (a zombie or another user's process counts as alive)."""
     if pid <= 0:
@@ -175,4 +181,4 @@ class WriterLock:
         self.release()
 
 
-__all__ = ["StaleLockWarning", "WriterLock", "describe_holder", "store_lock_path", "token_lock_path"]
+__all__ = ["StaleLockWarning", "WriterLock", "describe_holder", "slot_lock_path", "store_lock_path", "token_lock_path"]

@@ -10,6 +10,7 @@ from rich.table import Table
 from featcache.console import console
 from featcache.store import integrity
 from featcache.store.reader import FeatureStore
+from featcache.store.slots import SlotSet, slot_names, slot_sets
 
 
 def _human_bytes(count: int) -> str:
@@ -57,6 +58,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         "versions": attributes["versions"],
         "integrity": {"chunk_checksums": store.chunk_checksums, "problems": integrity_problems(store, state.complete)},
         "token_sets": token_sets(store),
+        "slot_sets": slot_sets(store),
     }
 
 
@@ -69,6 +71,9 @@ def integrity_problems(store: FeatureStore, complete: bool) -> list[str]:
     for name in store.token_names():
         problems += [f"token set {name!r}: attributes edited since it was completed: {item}"
                      for item in integrity.changed_attributes(store.token_attributes(name)) or []]
+    for name in slot_names(store.group):
+        problems += [f"slot set {name!r}: attributes edited since it was completed: {item}"
+                     for item in integrity.changed_attributes(SlotSet(store, name).attributes) or []]
     arrays = store.missing_arrays()
     token_arrays = {name: store.missing_token_arrays(name) for name in store.token_names()}
     problems += [f"array {name!r} is missing (its zarr.json is gone)" for name in arrays + sum(token_arrays.values(), [])]
@@ -158,6 +163,15 @@ def print_store_summary(summary: dict[str, Any]) -> None:
             state_text = "complete" if entry["complete"] else "[bold red]incomplete[/] (re-run `featcache tokenize`)"
             tokens.add_row(entry["name"], str(entry["codebook_size"]), f"{entry['units_done']}/{entry['units_total']}", state_text, str(entry["vq_run"]))
         console.print(tokens)
+    if summary.get("slot_sets"):
+        slots = Table(title="slot sets")
+        for column in ("name", "slots", "views", "decoder masks", "units", "state", "OCL run"):
+            slots.add_column(column, overflow="fold")
+        for entry in summary["slot_sets"]:
+            state_text = "complete" if entry["complete"] else "[bold red]incomplete[/] (re-run `featcache encode-slots`)"
+            slots.add_row(entry["name"], f"{entry['num_slots']} x {entry['slot_dim']} {entry['dtype']}", ", ".join(entry["views"]),
+                          "yes" if entry["decoder_masks"] else "no", f"{entry['units_done']}/{entry['units_total']}", state_text, str(entry["run"]))
+        console.print(slots)
     for sample_id, reason in list(summary["bad_samples"].items())[:20]:
         console.print(f"[yellow]bad sample[/] {sample_id}: {reason}")
 

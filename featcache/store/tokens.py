@@ -66,14 +66,18 @@ def token_set_quantizer(attributes: dict[str, Any]) -> str:
     return str(attributes.get("quantizer", "vvo"))
 
 
-def validate_token_name(name: str) -> str:
-    """A token set name becomes a folder of the store: refuse anything that is not one plain folder name
+def validate_set_name(name: str, what: str = "token set", example: str = "vvo-c256") -> str:
+    """A token (or slot) set name becomes a folder of the store: refuse anything that is not one plain folder name
     (empty, '.', '..', a leading '.', '/' or '\\'), before anything is created."""
     if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name:
         raise StoreError(
-            f"token set name {name!r} is invalid; expected a plain name like 'vvo-c256' (no '/', '\\', '..' or leading '.')"
+            f"{what} name {name!r} is invalid; expected a plain name like {example!r} (no '/', '\\', '..' or leading '.')"
         )
     return name
+
+
+def validate_token_name(name: str) -> str:
+    return validate_set_name(name)
 
 
 def token_group_path(name: str) -> str:
@@ -83,10 +87,14 @@ def token_group_path(name: str) -> str:
 def token_names(group: zarr.Group) -> list[str]:
     """Names of the token sets of a store's root group; a group whose creation was interrupted (no attributes) is
     not a token set (tokenize recreates it)."""
-    if TOKENS_GROUP not in group:
+    return named_sets(group, TOKENS_GROUP, TOKEN_ATTRIBUTES_KEY)
+
+
+def named_sets(group: zarr.Group, parent: str, attributes_key: str) -> list[str]:
+    """Names of the subgroups of ``group[parent]`` that carry ``attributes_key`` (token sets, slot sets)."""
+    if parent not in group:
         return []
-    tokens = group[TOKENS_GROUP]
-    return sorted(name for name, member in tokens.groups() if TOKEN_ATTRIBUTES_KEY in member.attrs)  # type: ignore[union-attr]
+    return sorted(name for name, member in group[parent].groups() if attributes_key in member.attrs)  # type: ignore[union-attr]
 
 
 def is_half_created_token_set(store: Path, name: str) -> bool:
@@ -157,7 +165,12 @@ def write_token_unit(store: Path, name: str, start: int, indices: np.ndarray, sq
 
 
 def pending_token_units(store: Path, name: str) -> list[int]:
-    group = zarr.open_group(str(store), mode="r")[token_group_path(name)]
+    return pending_units(store, token_group_path(name))
+
+
+def pending_units(store: Path, path: str) -> list[int]:
+    """Units not yet marked done in the ``units_done`` record of the set at ``path`` inside ``store``."""
+    group = zarr.open_group(str(store), mode="r")[path]
     done = group[schema.UNITS_DONE][:]
     return [int(unit) for unit in np.flatnonzero(done == 0)]
 

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache.store import integrity
+import numpy as np
+
+from featcache.store import integrity, schema
 from featcache.store.reader import FeatureStore
+from featcache.store.slots import SlotSet, slot_arrays, slot_group_path, slot_names
 from featcache.store.tokens import token_group_path
 
 
@@ -51,7 +54,33 @@ def _array_names(store: FeatureStore) -> list[str]:
     for token in store.token_names():
         group = store.group[token_group_path(token)]
         names += [f"{token_group_path(token)}/{name}" for name in sorted(group.array_keys())]  # type: ignore[union-attr]
+    for name in slot_names(store.group):
+        group = store.group[slot_group_path(name)]
+        names += [f"{slot_group_path(name)}/{array}" for array in sorted(group.array_keys())]  # type: ignore[union-attr]
     return names
+
+
+def _slot_set_rows(store: FeatureStore, expected: dict[str, set[tuple[int, ...]]]) -> list[CheckRow]:
+    """A row per slot set (completeness, edited attributes, missing arrays); the chunks its done units must have."""
+    rows = []
+    for name in slot_names(store.group):
+        slot_set = SlotSet(store, name)
+        done, total = slot_set.completeness()
+        completed = slot_set.attributes.get("completed")
+        missing = slot_set.missing_arrays()
+        rows.append(CheckRow(
+            "slot set", name, f"{done}/{total} units" + (", completed" if completed else ", not completed"),
+            ([] if done == total and completed else [f"slot set {name!r} incomplete ({done}/{total} units): re-run `featcache encode-slots`"])
+            + [f"slot set {name!r}: attributes edited since it was completed: {item}" for item in integrity.changed_attributes(slot_set.attributes) or []]
+            + [f"array {array!r} is missing (its zarr.json is gone)" for array in missing],
+        ))
+        if missing:
+            continue
+        units = np.flatnonzero(slot_set.group[schema.UNITS_DONE][:] == 1)
+        for array in slot_arrays(slot_set.attributes)[:-1]:  # all but units_done
+            path = f"{slot_group_path(name)}/{array}"
+            expected.setdefault(path, set()).update(tuple(c) for c in integrity.chunk_coords(slot_set.group[array], units))  # type: ignore[arg-type]
+    return rows
 
 
 def _check_array(store: FeatureStore, name: str, expected: set[tuple[int, ...]], advance: Callable[[], None]) -> CheckRow:
@@ -121,6 +150,7 @@ def verify_store(path: str | Path, show_progress: bool = False) -> VerifyReport:
             continue
         for name, _, coords in integrity.expected_token_chunks(store.group[token_group_path(token)], token):  # type: ignore[arg-type]
             expected.setdefault(name, set()).add(tuple(coords))
+    rows += _slot_set_rows(store, expected)
     names = _array_names(store)
     total = 0
     for name in names:
