@@ -116,3 +116,26 @@ def test_report_html_is_self_contained(sweep_dir: Path, tmp_path: Path) -> None:
         with Image.open(resolved) as image:
             image.verify()  # decodes as an image: a browser would show it
     assert parser.others == [], parser.others
+
+
+def test_report_renders_in_headless_chromium(sweep_dir: Path, tmp_path: Path) -> None:
+    """The same in a real browser where one is installed (Debian's chromium package): every image loads, nothing
+    outside the folder is fetched. Skipped, saying so, where there is no Chromium (the parser test above still runs)."""
+    import importlib.util
+    import shutil
+
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    script = Path(__file__).parents[1] / "benchmarks" / "check_report_browser.py"
+    spec = importlib.util.spec_from_file_location("check_report_browser", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    out = tmp_path / "report"
+    write_report(sweep_dir, out)
+    problems, findings = module.check_report(out, module.find_chromium(None))
+    assert problems == []
+    assert len(findings["images"]) >= 6 and all(image["width"] > 0 for image in findings["images"])
+    broken = (out / "report.html").read_text().replace('src="features.png"', 'src="http://example.com/features.png"')
+    (out / "report.html").write_text(broken)
+    problems, _ = module.check_report(out, module.find_chromium(None))
+    assert any("did not load" in problem and "example.com" in problem for problem in problems)
