@@ -102,3 +102,14 @@ def test_show_on_an_image_store_takes_the_first_samples(tmp_path: Path, shapes_d
         write_show(store_path, tmp_path / "b.png", clip="x")
     with pytest.raises(FeatcacheError, match="token set 'nope'"):
         write_show(store_path, tmp_path / "b.png", tokens="nope")
+
+
+def test_clip_store_opens_in_xarray_with_clip_coordinates(clip_store_and_run: tuple[Path, Path]) -> None:
+    import xarray as xr
+
+    store_path, _ = clip_store_and_run
+    store = FeatureStore(store_path, warn_random=False)
+    ds = xr.open_zarr(store_path, consolidated=False)
+    assert {"sample_ids", "clip_ids", "frame_index", "view"} <= set(ds.coords)
+    assert list(ds["clip_ids"].values) == store.clip_ids and list(ds["frame_index"].values) == list(store.frame_indices)
+    assert ds["masks"].dims == ("sample", "view", "mask_y", "mask_x")
