@@ -76,3 +76,23 @@ def write_clip_pictures(
         pictures[0].save(gif_path, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
         written.append(Path(gif_path))
     return written
+
+
+def write_panel_grid(columns: dict[str, np.ndarray], png_path: Path, ignore_label: int | None = None, cell: int = 96) -> Path:
+    """``featcache show``'s picture: one row per sample (or per frame of a clip), one column per entry of ``columns``.
+
+    Columns are images (N, H, W, 3) uint8 (resized bilinear; pass patch maps already enlarged with
+    :func:`nearest_upsample` so each patch stays a sharp square) or label maps (N, H, W) drawn with
+    :func:`label_palette`. The PNG is ``cell * len(columns)`` px wide and ``14 + cell * N`` px high (a title row).
+    """
+    write_clip_pictures(columns, png_path, None, ignore_label=ignore_label, cell=cell)
+    return Path(png_path)
+
+
+def nearest_upsample(values: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w, ...) -> (N, size, size, ...) by repeating each cell (nearest neighbour; patch maps stay blocky)."""
+    import numpy as np
+
+    rows = np.arange(size) * values.shape[1] // size
+    cols = np.arange(size) * values.shape[2] // size
+    return values[:, rows][:, :, cols]

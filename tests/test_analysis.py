@@ -100,6 +100,32 @@ def test_duplicate_codes_have_zero_nearest_distance_and_bad_inputs_fail(tmp_path
             code_statistics(np.zeros((1, 2, 2), np.int64), codebook, use_gpu=True)
 
 
+def test_faiss_gpu_that_cannot_run_falls_back_to_cpu_with_one_notice(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A GPU faiss build without kernels for the device (faiss-gpu-cu12 on Hopper) raises at search: CPU faiss answers."""
+    from scipy.spatial.distance import cdist
+
+    from featcache.analysis import codes
+
+    def no_kernel(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("Error in virtual void faiss::gpu::...: CUDA error 209 no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(codes, "_resolve_gpu", lambda use_gpu: True)  # as if faiss saw a GPU
+    monkeypatch.setattr(codes, "_search_gpu", no_kernel)
+    codebook = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    distances, device = codes.nearest_code_distances(codebook)
+    pairwise = cdist(codebook.astype(np.float64), codebook.astype(np.float64))
+    np.fill_diagonal(pairwise, np.inf)
+    np.testing.assert_allclose(distances, pairwise.min(axis=1), rtol=1e-5)
+    assert device == "cpu"
+    stats = code_statistics(np.zeros((1, 2, 2), np.int64), codebook)
+    assert stats.faiss_device == "cpu"
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == 2 and "no kernel image" in notices[0] and notices[0].endswith("using CPU faiss")
+    with pytest.raises(FeatcacheError, match="faiss GPU search failed") as error:  # an explicit GPU request is not overridden
+        codes.nearest_code_distances(codebook, use_gpu=True)
+    assert "\n" not in str(error.value)
+
+
 # ----------------------------------------------------------------------------- separability on constructed maps
 def _scene_labels(count: int, grid: int, seed: int) -> np.ndarray:
     """(count, grid, grid) label maps: background 0 and three rectangles 1..3 at random places."""

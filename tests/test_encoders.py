@@ -20,7 +20,7 @@ from featcache.errors import FeatcacheError, WeightsError
 
 #: Small test resolutions: multiples of the ViT patch (14) or Hiera's coarsest stride (32). dino2-b14 is only
 #: checked on the meta device (its random init alone takes seconds on 2 cores).
-SMALL_RESOLUTION = {"dino2-s14": 56, "dino2-s14-reg4": 56, "sam2-t16": 64}
+SMALL_RESOLUTION = {"dino2-s14": 56, "dino2-s14-reg4": 56, "dino3-s16": 32, "sam2-t16": 64}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,7 +60,7 @@ def assert_one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_registry_lists_all_specs() -> None:
     names = [spec.name for spec in list_encoders()]
-    assert names == sorted(["dino2-s14", "dino2-b14", "dino2-s14-reg4", "sam2-t16"])
+    assert names == sorted(["dino2-s14", "dino2-b14", "dino2-s14-reg4", "dino3-s16", "dino3-b16", "sam2-t16"])
     assert ENCODERS.get("sam2-t16").stored_kind == "fpn_neck"
     assert ENCODERS.get("dino2-s14").derivable_kinds == ("final_norm",)
 
@@ -166,10 +166,10 @@ def test_same_seed_same_weights_different_seed_different_weights() -> None:
 
 def test_unknown_name_lists_known_ones() -> None:
     with pytest.raises(FeatcacheError) as error:
-        create_encoder("dino3-s16", weights="random")
+        create_encoder("dino4-s16", weights="random")
     message = assert_one_line(error)
-    assert "dino3-s16" in message
-    assert all(name in message for name in ("dino2-s14", "dino2-b14", "dino2-s14-reg4", "sam2-t16"))
+    assert "dino4-s16" in message
+    assert all(name in message for name in ("dino2-s14", "dino2-b14", "dino2-s14-reg4", "dino3-s16", "dino3-b16", "sam2-t16"))
 
 
 @pytest.mark.parametrize(("name", "resolution", "stride"), [("dino2-s14", 100, "14"), ("sam2-t16", 240, "32")])

@@ -96,7 +96,8 @@ def _with(change: Any) -> dict[str, Any]:
 
 BAD_PIPELINES = [
     ("unknown-kind", lambda d: d["stages"][0].update(kind="sinth"),
-     r"stage 'synth': unknown stage kind 'sinth'; known: analyze-codes, analyze-separability, eval, extract, import-vvo, report, sweep, synth, tokenize, train-ocl, train-vq"),
+     r"stage 'synth': unknown stage kind 'sinth'; known: analyze-codes, analyze-separability, analyze-slots, encode-slots, eval, extract, import-vvo, probe-set-prediction, "
+     r"report, show, sweep, synth, tokenize, train-ocl, train-vq, verify"),
     ("unknown-param", lambda d: d["stages"][0]["params"].update(imagez=3),
      r"stage 'synth' \(synth\): unknown config key 'imagez'; valid keys: frames, images, max_objects, min_objects, out, seed, size, video"),
     ("unknown-config-key", lambda d: d["stages"][1]["params"]["set"].update(resolutoin=3),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -51,6 +53,8 @@ def test_report_holds_the_summary_values_charts_and_masks(sweep_dir: Path, tmp_p
     first = sweep_dir / rows[0]["run_dir"] / rows[0]["eval_dir"] / "masks.png"
     assert (out / "masks" / "good.png").read_bytes() == first.read_bytes() and not (out / "masks" / "broken.png").exists()
     assert Image.open(out / "loss_curves.png").size[0] > 100
+    # The store's `featcache show` picture: 4 samples x (image, PCA, ground truth) panels of 96 px.
+    assert Image.open(out / "features.png").size == (3 * 96, 14 + 4 * 96) and 'src="features.png"' in page
     assert "http" not in page.replace("http-equiv", "") and "<script" not in page and "<link" not in page  # no external assets
 
 
@@ -71,3 +75,67 @@ def test_report_cli_and_a_folder_that_is_not_a_sweep(
     assert code == 0 and (tmp_path / "r" / "report.html").is_file() and "report.md" in stdout
     with pytest.raises(FeatcacheError, match=r"has no sweep.json; expected a folder written by `featcache sweep`"):
         write_report(tmp_path, tmp_path / "r2")
+
+
+class _References(HTMLParser):
+    """Every URL-bearing attribute of a page (src, href, srcset, data, poster, action) and inline CSS ``url(...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.others: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is None:
+                continue
+            if tag == "img" and name == "src":
+                self.images.append(value)
+            elif name in ("src", "href", "srcset", "data", "poster", "action"):
+                self.others.append(value)
+            if name == "style" and "url(" in value:
+                self.others.append(value)
+
+    def handle_data(self, data: str) -> None:
+        if "url(" in data or "@import" in data:
+            self.others.append(data)
+
+
+def test_report_html_is_self_contained(sweep_dir: Path, tmp_path: Path) -> None:
+    """What a browser would load: every <img> a PNG inside the report folder, nothing else fetched (no headless
+    browser is part of the test environment; benchmarks/check_report_browser.py renders it where Chromium exists)."""
+    out = tmp_path / "report"
+    write_report(sweep_dir, out)
+    parser = _References()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.images) >= 6  # 4 metric charts, loss curves, features, masks
+    for source in parser.images:
+        assert not urlparse(source).scheme and not source.startswith(("/", "\\")), source
+        resolved = (out / source).resolve()
+        assert resolved.is_relative_to(out.resolve()) and resolved.is_file(), source
+        with Image.open(resolved) as image:
+            image.verify()  # decodes as an image: a browser would show it
+    assert parser.others == [], parser.others
+
+
+def test_report_renders_in_headless_chromium(sweep_dir: Path, tmp_path: Path) -> None:
+    """The same in a real browser where one is installed (Debian's chromium package): every image loads, nothing
+    outside the folder is fetched. Skipped, saying so, where there is no Chromium (the parser test above still runs)."""
+    import importlib.util
+    import shutil
+
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    script = Path(__file__).parents[1] / "benchmarks" / "check_report_browser.py"
+    spec = importlib.util.spec_from_file_location("check_report_browser", script)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    out = tmp_path / "report"
+    write_report(sweep_dir, out)
+    problems, findings = module.check_report(out, module.find_chromium(None))
+    assert problems == []
+    assert len(findings["images"]) >= 6 and all(image["width"] > 0 for image in findings["images"])
+    broken = (out / "report.html").read_text().replace('src="features.png"', 'src="http://example.com/features.png"')
+    (out / "report.html").write_text(broken)
+    problems, _ = module.check_report(out, module.find_chromium(None))
+    assert any("did not load" in problem and "example.com" in problem for problem in problems)

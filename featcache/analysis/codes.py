@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from featcache.console import console as default_console
+from featcache.console import error_console
 from featcache.errors import FeatcacheError, StoreError
 from featcache.plotting import save_figure
 from featcache.store.reader import FeatureStore
@@ -119,6 +120,28 @@ def _resolve_gpu(use_gpu: bool | None) -> bool:
     return use_gpu
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1][:160] if text else ''}"
+
+
+def _search_cpu(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances and ids (K, 2) of each code's two nearest codes, with a CPU flat index."""
+    index = faiss.IndexFlatL2(codebook.shape[1])
+    index.add(codebook)
+    return index.search(codebook, 2)
+
+
+def _search_gpu(codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`_search_cpu` on GPU 0 (raises when this faiss build cannot run on the device)."""
+    resources = faiss.StandardGpuResources()  # must outlive the GPU index
+    index = faiss.index_cpu_to_gpu(resources, 0, faiss.IndexFlatL2(codebook.shape[1]))
+    index.add(codebook)
+    result = index.search(codebook, 2)
+    del index, resources
+    return result
+
+
 def nearest_code_distances(codebook: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, str]:
     """L2 distance (K,) from each code to its nearest *other* code, with the faiss device used.
 
@@ -130,13 +153,17 @@ def nearest_code_distances(codebook: np.ndarray, use_gpu: bool | None = None) ->
     device = "gpu" if on_gpu else "cpu"
     if num_codes < 2:
         return np.zeros(0, dtype=np.float64), device
-    index = faiss.IndexFlatL2(codebook.shape[1])
-    resources = None  # must outlive the GPU index
     if on_gpu:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-    index.add(codebook)
-    squared, neighbours = index.search(codebook, 2)  # (K, 2) each
+        try:
+            squared, neighbours = _search_gpu(codebook)
+        except Exception as error:  # e.g. a faiss build without kernels for this GPU: "no kernel image is available"
+            if use_gpu:
+                raise FeatcacheError(f"faiss GPU search failed ({_first_line(error)}); run with use_gpu=None or False for CPU faiss") from None
+            error_console.print(f"[yellow]notice:[/] faiss GPU search failed ({_first_line(error)}); using CPU faiss")
+            squared, neighbours = _search_cpu(codebook)
+            device = "cpu"
+    else:
+        squared, neighbours = _search_cpu(codebook)
     own_row = np.arange(num_codes)
     # Take the first column whose neighbour is not the code itself (ties may list the duplicate first).
     column = np.where(neighbours[:, 0] != own_row, 0, 1)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from featcache.encoders.base import EncoderSpec, FeatureKind, FrozenEncoder, WeightInfo
 from featcache.encoders.dinov2 import DinoV2Encoder, apply_final_norm, build_dinov2_encoder
+from featcache.encoders.dinov3 import DinoV3Encoder, build_dinov3_encoder
 from featcache.encoders.sam2 import COARSEST_STRIDE, Sam2Encoder, build_sam2_encoder
 from featcache.encoders.weights import state_dict_sha256
 from featcache.errors import FeatcacheError
@@ -19,6 +20,7 @@ from featcache.registry import Registry
 __all__ = [
     "ENCODERS",
     "DinoV2Encoder",
+    "DinoV3Encoder",
     "EncoderSpec",
     "FeatureKind",
     "FrozenEncoder",
@@ -81,6 +83,24 @@ ENCODERS.register(
         description="DINOv2 ViT-S/14 with 4 registers (LVD-142M); cls and register tokens dropped",
     ),
 )
+for _size, _timm_size, _channels in (("s", "small", 384), ("b", "base", 768)):
+    ENCODERS.register(
+        f"dino3-{_size}16",
+        EncoderSpec(
+            name=f"dino3-{_size}16",
+            family="dinov3",
+            # the variants with the official query/value biases (see featcache.encoders.dinov3)
+            timm_name=f"vit_{_timm_size}_patch16_dinov3_qkvb",
+            hub_tag="lvd1689m",
+            patch_size=16,
+            default_resolution=224,
+            channels=_channels,
+            prefix_tokens=5,
+            stored_kind="last_block",
+            derivable_kinds=("final_norm",),
+            description=f"DINOv3 ViT-{_size.upper()}/16 (LVD-1689M), RoPE; 14x14 patches at 224 px, cls and 4 register tokens dropped",
+        ),
+    )
 ENCODERS.register(
     "sam2-t16",
     EncoderSpec(
@@ -100,6 +120,7 @@ ENCODERS.register(
 
 _BUILDERS: dict[str, Callable[[EncoderSpec, int, str, int], FrozenEncoder]] = {
     "dinov2": build_dinov2_encoder,
+    "dinov3": build_dinov3_encoder,
     "sam2": build_sam2_encoder,
 }
 

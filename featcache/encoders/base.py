@@ -25,7 +25,7 @@ class EncoderSpec:
     """Registry entry: a named VFM with its default config (timm-style)."""
 
     name: str
-    family: Literal["dinov2", "sam2"]
+    family: Literal["dinov2", "dinov3", "sam2"]
     timm_name: str
     #: timm pretrained tag used for ``--weights hub``.
     hub_tag: str

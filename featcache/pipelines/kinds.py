@@ -18,6 +18,7 @@ from featcache.stages.evaluate import EVAL
 from featcache.stages.extract import EXTRACT
 from featcache.stages.import_vvo import IMPORT_VVO
 from featcache.stages.probe import PROBE_SET_PREDICTION
+from featcache.stages.show import SHOW
 from featcache.stages.synth import SYNTH
 from featcache.stages.tokenize import TOKENIZE
 from featcache.stages.train_ocl import TRAIN_OCL
@@ -28,7 +29,7 @@ from featcache.sweeps.operations import REPORT, SWEEP
 #: Every operation, in the order a typical pipeline runs them (the command line lists them in this order too).
 ALL_OPERATIONS: tuple[Operation, ...] = (
     SYNTH, EXTRACT, TRAIN_VQ, TOKENIZE, TRAIN_OCL, EVAL, ANALYZE_CODES, ANALYZE_SEPARABILITY, IMPORT_VVO, SWEEP, REPORT,
-    VERIFY, ENCODE_SLOTS, PROBE_SET_PREDICTION, ANALYZE_SLOTS,
+    VERIFY, ENCODE_SLOTS, PROBE_SET_PREDICTION, ANALYZE_SLOTS, SHOW,
 )
 
 STAGE_KINDS = Registry[Operation]("stage kind")

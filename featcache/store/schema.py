@@ -17,7 +17,14 @@ clip_ids           (N,)                         str         clip of each frame (
 frame_index        (N,)                         int32       frame number within its clip (video stores only)
 sample_status      (N,)                         uint8       0 pending, 1 written, 2 bad input (skipped)
 units_done         (U,)                         uint8       1 when write unit u is complete (chunk of 1)
+view               (V,)                         str         view names (the ``view`` coordinate for xarray)
 =================  ===========================  ==========  ==================================================
+
+Every array carries zarr v3 ``dimension_names`` (:data:`DIMENSIONS`) and the per-sample arrays name ``sample_ids``
+(and in video stores ``clip_ids``, ``frame_index``) in a CF ``coordinates`` attribute, so ``xarray.open_zarr(store,
+consolidated=False)`` opens a store as a Dataset with named dimensions and sample ids / view names as coordinates,
+without featcache. Stores written before carry neither; featcache reads them the same, and
+:func:`featcache.store.dimensions.name_dimensions` adds the names in place (metadata only).
 
 Per-sample arrays are chunked along N by ``samples_per_chunk`` (S) samples and 1 view, so one write
 unit = S consecutive samples = one chunk of every per-sample array: parallel writers never share a
@@ -49,6 +56,36 @@ CLIP_IDS = "clip_ids"
 FRAME_INDEX = "frame_index"
 SAMPLE_STATUS = "sample_status"
 UNITS_DONE = "units_done"
+#: View names, one per view: the ``view`` dimension's coordinate (stores written before it lack it).
+VIEW = "view"
+
+#: zarr v3 ``dimension_names`` of every store array. A name means one size within a group (xarray requires it), so the
+#: feature grid (y, x), the stored images (image_y, image_x) and the masks (mask_y, mask_x) have their own names.
+DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "features": ("sample", "view", "y", "x", "channel"),
+    "images": ("sample", "view", "image_y", "image_x", "rgb"),
+    "masks": ("sample", "view", "mask_y", "mask_x"),
+    "view_params": ("sample", "view", "view_param"),
+    "source_size": ("sample", "source_axis"),
+    "instance_classes": ("sample", "instance"),
+    "sample_ids": ("sample",),
+    "clip_ids": ("sample",),
+    "frame_index": ("sample",),
+    "sample_status": ("sample",),
+    "units_done": ("unit",),
+    "view": ("view",),
+}
+#: The same for the arrays of a token set (``tokens/<name>/``; MSF indices have the extra ``codebook_index`` axis).
+TOKEN_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "indices": ("sample", "view", "y", "x"),
+    "msf_indices": ("sample", "view", "codebook_index", "y", "x"),
+    "squared_errors": ("sample", "view", "y", "x"),
+    "units_done": ("unit",),
+    "codebook": ("code", "code_channel"),
+    "codebook_specified": ("specified_code", "code_channel"),
+    "projection_weight": ("projection_out", "projection_in"),
+    "projection_bias": ("projection_out",),
+}
 
 STATUS_PENDING = 0
 STATUS_WRITTEN = 1

@@ -135,13 +135,17 @@ def create_token_set(
     chunks = (layout.samples_per_chunk, 1, height, width)
     groups = (index_groups,) if index_groups else ()
     compressors = chunk_codecs(1)  # with crc32c checksums (see featcache.store.integrity)
+    dims = schema.TOKEN_DIMENSIONS  # zarr v3 dimension names, for xarray.open_zarr(store, group="tokens/<name>")
     group.create_array(INDICES, shape=shape[:2] + groups + shape[2:], chunks=chunks[:2] + groups + chunks[2:], dtype="uint16",
-                       compressors=compressors, fill_value=0)
-    group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=compressors, fill_value=0)
-    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs())
-    group.create_array(CODEBOOK, data=codebook.astype(np.float32), compressors=small_codecs())
+                       compressors=compressors, fill_value=0, dimension_names=dims["msf_indices" if groups else INDICES])
+    group.create_array(SQUARED_ERRORS, shape=shape, chunks=chunks, dtype="float16", compressors=compressors, fill_value=0,
+                       dimension_names=dims[SQUARED_ERRORS])
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs(),
+                       dimension_names=dims[schema.UNITS_DONE])
+    group.create_array(CODEBOOK, data=codebook.astype(np.float32), compressors=small_codecs(), dimension_names=dims[CODEBOOK])
     for key, array in (extra_arrays or {}).items():
-        group.create_array(key, data=np.asarray(array, dtype=np.float32), compressors=small_codecs())
+        array = np.asarray(array, dtype=np.float32)
+        group.create_array(key, data=array, compressors=small_codecs(), dimension_names=dims.get(key, tuple(f"{key}_{i}" for i in range(array.ndim))))
     write_token_attributes(group, {**attributes, "integrity": integrity_attributes()})
 
 

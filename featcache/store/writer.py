@@ -114,7 +114,14 @@ _STORE_ENTRIES = {
     schema.SAMPLE_IDS,
     schema.CLIP_IDS,
     schema.FRAME_INDEX,
+    schema.VIEW,
 }
+
+
+def coordinate_attributes(is_video: bool) -> dict[str, str]:
+    """CF ``coordinates`` attribute of the per-sample arrays: xarray turns the named arrays into coordinates."""
+    names = [schema.SAMPLE_IDS, schema.CLIP_IDS, schema.FRAME_INDEX] if is_video else [schema.SAMPLE_IDS]
+    return {"coordinates": " ".join(names)}
 
 
 def is_half_created_store(path: Path) -> bool:
@@ -183,11 +190,18 @@ def _build_store(
     compressors = chunk_codecs(compression_level, checksums)
     small = small_codecs(checksums)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    coordinates = coordinate_attributes(layout.is_video)
 
     def per_sample(name: str, shape: tuple[int, ...], dtype: str, fill: Any = 0) -> None:
         # One chunk = S samples x 1 view: a unit owns whole chunks, and a loader can read one view alone.
         chunks = (s, 1, *shape[2:]) if len(shape) > 2 else (s, *shape[1:])
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressors, fill_value=fill)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=compressors, fill_value=fill,
+                           dimension_names=schema.DIMENSIONS[name], attributes=coordinates)
+
+    def small_array(name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any, fill: Any = None,
+                    coords: bool = False) -> zarr.Array:
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=small,
+                                  dimension_names=schema.DIMENSIONS[name], attributes=coordinates if coords else None)
 
     per_sample(schema.FEATURES, (n, views, height, width, layout.channels), "float16")
     if layout.image_size > 0:
@@ -195,19 +209,18 @@ def _build_store(
     if layout.mask_size is not None:
         per_sample(schema.MASKS, (n, views, layout.mask_size, layout.mask_size), "uint16")
     per_sample(schema.VIEW_PARAMS, (n, views, 5), "float32")
-    group.create_array(schema.SOURCE_SIZE, shape=(n, 2), chunks=(s, 2), dtype="int32", fill_value=0, compressors=small)
-    group.create_array(
-        schema.INSTANCE_CLASSES, shape=(n, layout.max_instances), chunks=(s, layout.max_instances), dtype="int32", fill_value=-1,
-        compressors=small,
-    )
-    group.create_array(schema.SAMPLE_STATUS, shape=(n,), chunks=(s,), dtype="uint8", fill_value=schema.STATUS_PENDING, compressors=small)
-    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small)
-    ids = group.create_array(schema.SAMPLE_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str, compressors=small)
+    small_array(schema.SOURCE_SIZE, (n, 2), (s, 2), "int32", 0, coords=True)
+    small_array(schema.INSTANCE_CLASSES, (n, layout.max_instances), (s, layout.max_instances), "int32", -1, coords=True)
+    small_array(schema.SAMPLE_STATUS, (n,), (s,), "uint8", schema.STATUS_PENDING, coords=True)
+    small_array(schema.UNITS_DONE, (layout.num_units,), (1,), "uint8", 0)
+    ids = small_array(schema.SAMPLE_IDS, (n,), (max(n, 1),), str)
     ids[:] = np.array(sample_ids, dtype=object)
+    view = small_array(schema.VIEW, (views,), (max(views, 1),), str)
+    view[:] = np.array(list(layout.view_names), dtype=object)
     if layout.is_video:
-        clips = group.create_array(schema.CLIP_IDS, shape=(n,), chunks=(max(n, 1),), dtype=str, compressors=small)
+        clips = small_array(schema.CLIP_IDS, (n,), (max(n, 1),), str)
         clips[:] = np.array([c or "" for c in clip_ids], dtype=object)
-        frames = group.create_array(schema.FRAME_INDEX, shape=(n,), chunks=(max(n, 1),), dtype="int32", compressors=small)
+        frames = small_array(schema.FRAME_INDEX, (n,), (max(n, 1),), "int32")
         frames[:] = np.asarray(frame_indices, dtype=np.int32)
     write_store_attributes(group, {**attributes, "integrity": integrity_attributes(checksums)})
 

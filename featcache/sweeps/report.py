@@ -132,6 +132,21 @@ def _provenance(sweep: dict[str, Any]) -> list[Block]:
     return [*blocks, Block("heading", text="Provenance"), Block("items", items=tuple(items))]
 
 
+def _feature_view(sweep: dict[str, Any], out: Path) -> list[Block]:
+    """The `featcache show` picture of the sweep's store (4 samples: a read of a few chunks and a tiny PCA); nothing
+    when the store is no longer there."""
+    from featcache.stages.show import write_show
+
+    store = Path(str(sweep["store"].get("path") or ""))
+    if not store.is_dir():
+        return []
+    write_show(store, out / "features.png", samples=4, cell=96, device="cpu")
+    return [Block("heading", text="Features"),
+            Block("text", text="Rows: the store's first samples; panels: image, first three PCA components of the patch features as RGB "
+                               "(fitted over these samples), ground truth (`featcache show`)."),
+            Block("image", text="PCA of the patch features", path="features.png")]
+
+
 def build_blocks(sweep_dir: Path, out: Path) -> list[Block]:
     """The report's content; writes the charts and copies the mask grids into ``out``."""
     sweep, summary, rows = _load(sweep_dir)
@@ -150,6 +165,7 @@ def build_blocks(sweep_dir: Path, out: Path) -> list[Block]:
             for c in sweep["configurations"]
         )),
     ]
+    blocks += _feature_view(sweep, out)
     metrics = [m for m in HEADLINE_METRICS if m in summary["metrics"]]
     if metrics:
         blocks.append(Block("heading", text="Metrics"))
