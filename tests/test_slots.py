@@ -216,6 +216,12 @@ def test_encode_slots_equals_the_models_forward(slot_run: tuple[Path, Path]) -> 
     attributes = slot_set.attributes
     assert attributes["run"]["weights_sha256"] == json.loads((run / "run.json").read_text())["weights_sha256"]
     assert attributes["views"] == ["center"] and attributes["integrity"]["chunk_checksums"]
+    import xarray as xr  # slot sets open in xarray with named dimensions, like the store and its token sets
+
+    opened = xr.open_zarr(store_path, group="slots/fwd", consolidated=False)
+    assert opened["slots"].dims == ("sample", "view", "slot", "slot_channel")
+    assert opened["attention_masks"].dims == ("sample", "view", "slot", "y", "x")
+    np.testing.assert_allclose(opened["slots"].values[first, 0], slot_set.slots(first))
 
 
 def test_encode_slots_resumes_only_unfinished_units(slot_run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

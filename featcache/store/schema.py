@@ -87,6 +87,14 @@ TOKEN_DIMENSIONS: dict[str, tuple[str, ...]] = {
     "projection_bias": ("projection_out",),
 }
 
+#: The same for the arrays of a slot set (``slots/<name>/``, written by encode-slots).
+SLOT_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "slots": ("sample", "view", "slot", "slot_channel"),
+    "attention_masks": ("sample", "view", "slot", "y", "x"),
+    "decoder_masks": ("sample", "view", "slot", "y", "x"),
+    "units_done": ("unit",),
+}
+
 STATUS_PENDING = 0
 STATUS_WRITTEN = 1
 STATUS_BAD = 2

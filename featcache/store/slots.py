@@ -91,12 +91,15 @@ def create_slot_set(
     height, width = layout.grid
     count, per_chunk = layout.num_samples, layout.samples_per_chunk
     compressors = chunk_codecs(1)  # crc32c checksums (featcache.store.integrity)
+    dims = schema.SLOT_DIMENSIONS  # zarr v3 dimension names, for xarray.open_zarr(store, group="slots/<name>")
     group.create_array(SLOTS, shape=(count, views, num_slots, slot_dim), chunks=(per_chunk, 1, num_slots, slot_dim), dtype=dtype,
-                       compressors=compressors, fill_value=0)
+                       compressors=compressors, fill_value=0, dimension_names=dims[SLOTS])
     mask_shape, mask_chunks = (count, views, num_slots, height, width), (per_chunk, 1, num_slots, height, width)
     for array in (ATTENTION_MASKS, *([DECODER_MASKS] if decoder_masks else [])):
-        group.create_array(array, shape=mask_shape, chunks=mask_chunks, dtype="float16", compressors=compressors, fill_value=0)
-    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs())
+        group.create_array(array, shape=mask_shape, chunks=mask_chunks, dtype="float16", compressors=compressors, fill_value=0,
+                           dimension_names=dims[array])
+    group.create_array(schema.UNITS_DONE, shape=(layout.num_units,), chunks=(1,), dtype="uint8", fill_value=0, compressors=small_codecs(),
+                       dimension_names=dims[schema.UNITS_DONE])
     group.attrs[SLOT_ATTRIBUTES_KEY] = {**attributes, "decoder_masks": decoder_masks, "integrity": integrity_attributes()}
 
 
