@@ -17,7 +17,7 @@ from featcache.aggregators import AggregatorConfig
 from featcache.config import load_config, merge
 from featcache.datasets import open_dataset, write_synthetic
 from featcache.decoders import DecoderConfig
-from featcache.errors import FeatcacheError, StoreError
+from featcache.errors import ConfigError, FeatcacheError, StoreError
 from featcache.extraction import extract
 from featcache.ocl import OCLModel
 from featcache.ocl.config import OCLModelConfig, TemporalConfig
@@ -251,7 +251,6 @@ def test_online_clips_match_the_cache_in_the_first_steps(clip_store: Path, tmp_p
 
 
 def test_fused_seeds_refuse_temporal_configs(tmp_path: Path) -> None:
-    from featcache.errors import ConfigError
     from featcache.training.config import with_seed
     from featcache.training.fused import check_fusable
 
@@ -267,3 +266,29 @@ def test_temporal_models_read_msf_token_sets(clip_store: Path, tmp_path: Path) -
     assert result.steps == 2 and np.isfinite(result.first_losses[0])
     metrics = evaluate_run(tmp_path / "run", device="cpu", show_progress=False, protocol_name="vvo", clip_pictures=0)["metrics"]
     assert metrics["clips"] == 5 and np.isfinite(metrics["clip_ari"])
+
+
+def test_a_sweep_over_temporal_configs_trains_evaluates_and_skips_finished_runs(clip_store: Path, tmp_path: Path) -> None:
+    """Sweeps run temporal configs as image ones (cases x seeds, eval per clip, a second call runs nothing);
+    --fuse-seeds is refused before any run, naming the configuration."""
+    import yaml
+
+    from featcache.sweeps import load_sweep_spec, run_sweep
+
+    spec_file = tmp_path / "video.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "video", "store": str(clip_store),
+        "base": [str(CONFIGS / "vvo-tfdt.yaml"), str(CONFIGS / "tiny-video.yaml")],
+        "set": {"train.steps": 2, "train.batch_size": 2, "train.log_every": 1, "train.checkpoint_every": 2, "train.loader": "memory",
+                "validate_every": 0},
+        "cases": [{"name": "transit", "set": {}}, {"name": "frame-by-frame", "set": {"model.temporal.transit": "none"}}],
+        "seeds": 2, "data_seed": 0, "eval": {"protocol": "vvo", "clip_pictures": 0},
+    }, sort_keys=False))
+    spec = load_sweep_spec(spec_file)
+    with pytest.raises(ConfigError, match="configuration transit: --fuse-seeds: fused seeds train image models only"):
+        run_sweep(spec, out=tmp_path / "fused", device="cpu", show_progress=False, fuse_seeds=True)
+    result = run_sweep(spec, out=tmp_path / "sweep", device="cpu", show_progress=False)
+    assert (result.ran, result.failed) == (4, [])
+    assert all(row["eval_images"] == 30 and np.isfinite(row["metrics"]["clip_ari"]) for row in result.rows)  # 5 whole clips
+    again = run_sweep(spec, out=tmp_path / "sweep", device="cpu", show_progress=False)
+    assert (again.ran, again.skipped) == (0, 4)
