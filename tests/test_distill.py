@@ -183,3 +183,21 @@ def test_cli_sets_the_teacher(ocl_store: Path, teacher: Path, tmp_path: Path) ->
     missing = [a if not a.startswith("distill.teacher=") else f"distill.teacher={tmp_path / 'none'}" for a in args]
     refused = CliRunner().invoke(app, [a if a != str(tmp_path / "run") else str(tmp_path / "other") for a in missing])
     assert isinstance(refused.exception, ConfigError) and "is not a folder" in str(refused.exception)
+
+
+def test_teacher_masks_are_its_decoder_masks_in_raster_or_one_drawn_order_per_batch(ocl_store: Path, teacher: Path) -> None:
+    from featcache.ocl.distill import teacher_decoder_masks
+    from featcache.store import FeatureStore
+    from featcache.training.runs import load_ocl_run
+
+    store = FeatureStore(ocl_store, warn_random=False)
+    model, _, _ = load_ocl_run(teacher, store, torch.device("cpu"))
+    features = torch.from_numpy(store.features(store.valid_indices()[:3], view="center", kind="final_norm").astype(np.float32))
+    raster = teacher_decoder_masks(model, features, None, None, "raster")  # (B, S, N)
+    model.use_mask_source("decoder")
+    torch.testing.assert_close(raster, model.predict_masks(features).flatten(2))
+    drawn = teacher_decoder_masks(model, features, None, torch.Generator().manual_seed(3), "random")
+    order = int(torch.randint(0, 9, (1,), generator=torch.Generator().manual_seed(3)))
+    slots = model.aggregate(features).slots
+    _, attention = model.decoder.predict(slots, model.decoder_targets(features, None), torch.full((3,), order))
+    assert order != 0 and torch.allclose(drawn, attention.transpose(1, 2)) and not torch.allclose(drawn, raster)
