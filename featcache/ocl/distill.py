@@ -1,7 +1,7 @@
 """SPOT's self-training loss (stage 2 of SPOT, gkakogeorgiou/spot): a student's slot attention learns the teacher's
 decoder masks.
 
-Mirrors ``train_spot_2.py`` (the training step, lines 260-280 of the mirrored commit) and ``utils_spot.py``
+Mirrors ``train_spot_2.py`` (the training step, lines 262-276 of commit 13c5926; the frozen teacher, lines 159-172) and ``utils_spot.py``
 (``att_matching``, ``pairwise_IoU_efficient``):
 
 1. the teacher's decoder attention (B, S, N) is made hard by a row-wise argmax over slots (``dec_masks``);
