@@ -74,8 +74,13 @@ def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, t
     (The paper-size train_ocl run with its checkpoint is test_paper_size_configs_run_one_train_ocl_step, -m slow.)"""
     tiny, random_vfm = CONFIGS / "tiny.yaml", CONFIGS / "random-vfm.yaml"
     assert np.isfinite(paper_size_step(store, load_config(OCLTrainConfig, [path])))
+    teacher: dict[str, object] = {}
+    if load_config(OCLTrainConfig, [path]).distill.enabled:  # SPOT self-training: a one-step spot-tfd9 teacher
+        teacher = {"distill": {"teacher": str(tmp_path / "teacher")}}
+        one_step = {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0}
+        train_ocl(store, merge(load_config(OCLTrainConfig, [CONFIGS / "spot-tfd9.yaml", tiny]), one_step), tmp_path / "teacher", device="cpu", show_progress=False)
     for layers in ([path, tiny], [path, tiny, random_vfm]):
-        config = merge(load_config(OCLTrainConfig, layers), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0})
+        config = merge(load_config(OCLTrainConfig, layers), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0, **teacher})
         result = train_ocl(store, config, tmp_path / f"run-{len(layers)}", device="cpu", show_progress=False)
         assert result.steps == 1 and np.isfinite(result.first_losses[0])
 
@@ -83,7 +88,11 @@ def test_every_shipped_config_loads_and_runs_one_step(path: Path, store: Path, t
 @pytest.mark.slow  # covered in the default suite by test_every_shipped_config_loads_and_runs_one_step (paper_size_step)
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_paper_size_configs_run_one_train_ocl_step(path: Path, store: Path, tmp_path: Path) -> None:
-    config = merge(load_config(OCLTrainConfig, [path]), {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0})
+    one_step = {"train": {"steps": 1, "batch_size": 2, "loader": "memory"}, "validate_every": 0}
+    config = merge(load_config(OCLTrainConfig, [path]), one_step)
+    if config.distill.enabled:  # SPOT self-training: a one-step paper-size spot-tfd9 teacher
+        train_ocl(store, merge(load_config(OCLTrainConfig, [CONFIGS / "spot-tfd9.yaml"]), one_step), tmp_path / "teacher", device="cpu", show_progress=False)
+        config = merge(config, {"distill": {"teacher": str(tmp_path / "teacher")}})
     result = train_ocl(store, config, tmp_path / "run", device="cpu", show_progress=False)
     assert result.steps == 1 and np.isfinite(result.first_losses[0])
 

@@ -28,10 +28,12 @@ from featcache.errors import FeatcacheError
 
 @dataclass
 class AggregatorOutput:
-    """slots: (B, S, D); attention: (B, S, N) last iteration's softmax over slots (sums to 1 over S)."""
+    """slots: (B, S, D); attention: (B, S, N) last iteration's softmax over slots (sums to 1 over S);
+    logits: (B, S, N) the pre-softmax scores of that iteration (SPOT's self-training reads them), or None."""
 
     slots: torch.Tensor
     attention: torch.Tensor
+    logits: torch.Tensor | None = None
 
 
 def gru_update(cell: nn.GRUCell, inputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -159,6 +161,11 @@ class IterativeSlotAttention(nn.Module):
 
     def attend(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One refinement round: returns (new slots (B, S, D), attention (B, S, N) summing to 1 over slots)."""
+        slots, attention, _ = self.attend_with_logits(slots, keys, values)
+        return slots, attention
+
+    def attend_with_logits(self, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``attend`` that also returns the round's pre-softmax logits (B, S, N)."""
         normed = self.slot_norm(slots)
         queries = self.to_queries(normed)  # (B, S, D)
         logits = torch.einsum("bsd,bnd->bsn", queries, keys) * self.scale  # (B, S, N)
@@ -166,7 +173,7 @@ class IterativeSlotAttention(nn.Module):
         updates = self.weighted_means(attention, values)  # (B, S, D)
         slots = gru_update(self.gru, updates, normed if self.gru_on_normed_slots else slots)  # (B, S, D)
         slots = slots + self.mlp(slots)
-        return slots, attention
+        return slots, attention, logits
 
     def forward(
         self,
@@ -192,8 +199,8 @@ class IterativeSlotAttention(nn.Module):
         if self.straight_through:
             # Same value as ``slots``; the gradient skips the earlier rounds and lands on the initial slots.
             slots = slots.detach() + initial - initial.detach()
-        slots, attention = self.attend(slots, keys, values)
-        return AggregatorOutput(slots=slots, attention=attention)
+        slots, attention, logits = self.attend_with_logits(slots, keys, values)
+        return AggregatorOutput(slots=slots, attention=attention, logits=logits)
 
 
 class SlotAttention(IterativeSlotAttention):

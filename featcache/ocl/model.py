@@ -23,7 +23,8 @@ class OCLOutput:
     """loss: scalar to minimise; losses: its named parts (detached scalars, for logging);
     slots: (B, S, D); attention_masks: (B, S, h, w) slot attention (sums to 1 over slots);
     decoder_masks: (B, S, h, w) or None; masks: the ``mask_source`` one of the two;
-    reconstruction: the decoder's prediction (shape depends on the decoder) or None."""
+    reconstruction: the decoder's prediction (shape depends on the decoder) or None;
+    attention_logits: (B, S, N) the slot attention's pre-softmax scores (SPOT's self-training) or None."""
 
     loss: torch.Tensor
     slots: torch.Tensor
@@ -32,6 +33,7 @@ class OCLOutput:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     decoder_masks: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
+    attention_logits: torch.Tensor | None = None
 
 
 def build_projection(config: OCLModelConfig, feature_dim: int, slot_dim: int) -> nn.Sequential:
@@ -222,6 +224,7 @@ class OCLModel(nn.Module):
             decoder_masks=decoded.masks,
             masks=masks,
             reconstruction=decoded.reconstruction,
+            attention_logits=aggregated.logits,
         )
 
     @torch.no_grad()

@@ -385,6 +385,13 @@ def check_resume_inputs(run_dir: Path, run_info: dict[str, Any]) -> None:
         return ((tokens or {}).get("vq") or {}).get("weights_sha256")
 
     same_tokens = vq_sha(saved.get("tokens")) == vq_sha(run_info.get("tokens"))
+    saved_teacher = (saved.get("teacher") or {}).get("weights_sha256")
+    teacher = (run_info.get("teacher") or {}).get("weights_sha256")
+    if saved_teacher != teacher:  # SPOT self-training: the teacher's weights are an input too
+        raise FeatcacheError(
+            f"cannot --resume {run_dir}: it was distilled from teacher weights sha256 {str(saved_teacher)[:12]}..., "
+            f"the teacher given now has {str(teacher)[:12]}...; resume with the run's teacher or start a new --out"
+        )
     if not (same_store and same_tokens):
         raise FeatcacheError(
             f"cannot --resume {run_dir}: it was trained on {_describe_inputs(saved_store, saved.get('tokens'))}, not on "

@@ -122,6 +122,30 @@ moved_keys(VQTrainConfig, {key: f"train.{key}" for key in _FLAT_TRAIN_KEYS})
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """SPOT's self-training (stage 2; gkakogeorgiou/spot ``train_spot_2.py``): the student's slot attention learns a
+    frozen teacher's decoder masks, ``L = L_rec + weight * L_att`` (featcache.ocl.distill). Off unless ``enabled``."""
+
+    enabled: bool = False
+    #: The teacher's run folder (a finished train-ocl run on the same store, e.g. spot-tfd9), read frozen.
+    teacher: str = ""
+    #: lambda of ``L_rec + lambda * L_att``: SPOT's ``ce_weight`` (5e-3, constant as with its default ``final_ce_weight``).
+    weight: float = 5e-3
+    #: Reading order of the teacher's decoder: ``random``: one of its orders per batch (SPOT's
+    #: ``teacher_eval_permutations random``); ``raster``: raster order only.
+    teacher_order: Literal["random", "raster"] = "random"
+    #: Start the student from the teacher's weights. SPOT does not (its student is a fresh model; only the teacher
+    #: loads a checkpoint, train_spot_2.py lines 157-171), hence false.
+    init_from_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 <= self.weight < float("inf"):
+            raise ConfigError(f"config key 'distill.weight' must be a finite number of at least 0, got {self.weight!r}")
+        if self.teacher_order not in ("random", "raster"):
+            raise ConfigError(f"config key 'distill.teacher_order' must be random or raster, got {self.teacher_order!r}")
+
+
+@dataclass(frozen=True)
 class OCLTrainConfig:
     """Everything an OCL run depends on (saved as config.yaml; ``eval`` rebuilds the model from it)."""
 
@@ -136,6 +160,8 @@ class OCLTrainConfig:
     validate_every: int = 1000
     #: Images of the centre view scored at each validation.
     validation_images: int = 64
+    #: SPOT self-training from a teacher run (``distill.enabled``, ``distill.teacher``); off by default.
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.validate_every, bool) or not isinstance(self.validate_every, int) or self.validate_every < 0:

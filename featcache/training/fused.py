@@ -45,6 +45,8 @@ def check_fusable(configs: list[OCLTrainConfig], run_dirs: list[Path]) -> None:
             "fused seeds train image models only: the temporal model's clip windows and recurrent per-frame step are not "
             "batched over seeds; train the seeds of a temporal config separately"
         )
+    if configs[0].distill.enabled:
+        raise ConfigError("fused seeds do not run SPOT self-training (distill.enabled): train the seeds separately")
     seeds = [config.train.seed for config in configs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"fused seeds must differ; got seeds {seeds}")

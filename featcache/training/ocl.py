@@ -126,10 +126,19 @@ def train_ocl(
         target_device = resolve_device(device)
         store, feature_kind = open_training_store(store_path, config)
         model = build_seeded_model(config, store, target_device)
+        teacher = None
+        if config.distill.enabled:  # SPOT self-training: the frozen teacher, loaded once (featcache.training.distill)
+            from featcache.training.distill import init_student_from_teacher, load_teacher
+
+            teacher = load_teacher(config, store, feature_kind, target_device)
+            if config.distill.init_from_teacher and not resume:
+                init_student_from_teacher(model, teacher)
         generator = noise_generator(config.train.seed, target_device)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate)
         batches = ocl_batches(store, config, target_device, feature_kind, online)
         run_info = ocl_run_info(store, config, feature_kind, online, target_device)
+        if teacher is not None:
+            run_info["teacher"] = teacher.info
         if resume:
             check_resume_inputs(run_dir, run_info)  # before any weights load: another store's grid would not even fit
         start_step = restore(run_dir, model, optimizer, batches, generator) if resume else 0
@@ -140,7 +149,12 @@ def train_ocl(
                 noise = model.draw_noise(batch.features.shape[0], batch.features.shape[1], generator, batch.features.device)
                 return ocl_loss_terms(model(batch.features, batch.tokens, noise, batch.boxes))
             noise = model.draw_noise(batch.features.shape[0], generator, batch.features.device)
-            return ocl_loss_terms(model(batch.features, batch.tokens, noise))
+            output = model(batch.features, batch.tokens, noise)
+            if teacher is not None:
+                from featcache.training.distill import distilled_loss_terms
+
+                return distilled_loss_terms(output, teacher, config.distill.weight, batch.features, batch.tokens, generator)
+            return ocl_loss_terms(output)
 
         validation = FeatureStore(validation_store) if validation_store else store
         try:
