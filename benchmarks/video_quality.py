@@ -33,8 +33,8 @@ from featcache.training.ocl import train_ocl
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "ocl"
-#: The two models compared: the same config but for the transit.
-CASES = {"transformer transit": "transformer", "transit none (frame by frame)": "none"}
+#: The frame-by-frame model every transit is compared with (the same config but for the transit).
+NONE_CASE = "transit none (frame by frame)"
 #: Metrics reported: (eval protocol, metric key) -> column name.
 COLUMNS = {
     ("vvo-code", "fg_ari"): "clip FG-ARI",
@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=112, help="VFM input (px): 112 = 8 x 8 patches")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--query-init", choices=("learned", "bbox"), default="learned")
+    parser.add_argument("--transit", choices=("transformer", "videosaur"), default="transformer",
+                        help="transit compared with frame by frame: VVO's post-norm layer or videosaur's pre-norm block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", RandomWeightsWarning)  # stated in the output instead
@@ -111,10 +113,11 @@ def main() -> None:
     started = time.perf_counter()
     train_store, val_store = make_stores(args.out, args.train_clips, args.val_clips, args.frames, args.size, args.resolution)
     data_seconds = time.perf_counter() - started
-    results: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
-    seconds: dict[str, list[float]] = {case: [] for case in CASES}
+    cases = {f"{args.transit} transit": args.transit, NONE_CASE: "none"}  # runs are named by transit: frame-by-frame runs are reused
+    results: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
+    seconds: dict[str, list[float]] = {case: [] for case in cases}
     for seed in range(args.seeds):
-        for case, transit in CASES.items():
+        for case, transit in cases.items():
             run = args.out / f"{transit}-seed{seed}"
             config = run_config(transit, seed, args.steps, args.batch_size, args.window, args.slots, args.query_init)
             begun = time.perf_counter()
@@ -130,7 +133,7 @@ def main() -> None:
             print(f"seed {seed} {case}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
     # The tracked per-frame kMeans baseline (k = objects + background per frame) on the same held-out features: it has
     # no training seed, so it is scored once, through the last run's evaluation (the baseline ignores the model).
-    last = args.out / f"{CASES[list(CASES)[-1]]}-seed{args.seeds - 1}"
+    last = args.out / f"none-seed{args.seeds - 1}"
     for name, key in (("per-frame kMeans", "kmeans_baseline"), ("tracked kMeans", "tracked_kmeans_baseline")):
         results[name] = [{}]
     for protocol in sorted({p for p, _ in COLUMNS}):
@@ -146,7 +149,7 @@ def main() -> None:
                 results[name][0][column] = scores.get(metric, float("nan"))
     table = summarise(results)
     record = {
-        "what": "temporal OCL (transformer transit) vs the same model frame by frame (transit none), held-out synthetic clips",
+        "what": f"temporal OCL ({args.transit} transit) vs the same model frame by frame (transit none), held-out synthetic clips",
         "random_vfm_weights": True,
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "config": f"vvo-tfdt + tiny-video + random-vfm, decoder.target features, query_init {args.query_init}, 3 iterations"},
@@ -155,7 +158,7 @@ def main() -> None:
         "seconds": {"data": data_seconds, "train_and_eval_per_run": {case: float(np.mean(s)) for case, s in seconds.items() if s},
                     "total": time.perf_counter() - started},
     }
-    (args.out / "video_quality.json").write_text(json.dumps(record, indent=2))
+    (args.out / f"video_quality-{args.query_init}-{args.transit}.json").write_text(json.dumps(record, indent=2))
     from rich.console import Console
     from rich.table import Table
 
@@ -166,7 +169,7 @@ def main() -> None:
     for case, columns in table.items():
         view.add_row(case, *(f"{mean:.3f} +- {std:.3f}" for mean, std in columns.values()))
     Console().print(view)
-    print(f"wrote {args.out / 'video_quality.json'} ({record['seconds']['total']:.0f} s)")
+    print(f"wrote {args.out / f'video_quality-{args.query_init}-{args.transit}.json'} ({record['seconds']['total']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_grid_times_cases_expands_to_hand_computed_ids_and_overrides(tmp_path: P
         ({"grid": {"seed": [1, 2]}}, [], r"grid may not set 'seed'"),  # the old key of train.seed is reserved too
         # A training key typed at its old top-level place names where it went.
         ({"cases": [{"name": "a", "set": {"learning_rate": 0.1}}]}, [],
-         r"configuration a: unknown config key 'learning_rate' \(moved: train.learning_rate\); valid keys: feature_kind"),
+         r"configuration a: unknown config key 'learning_rate' \(moved: train.learning_rate\); valid keys: distill, feature_kind, model"),
         ({}, ["set.steps=5"], r"unknown config key 'steps' \(moved: train.steps\)"),
         ({}, ["steps=5"], r"unknown config key 'steps'; valid keys: base, .*e.g. set.train.steps=\.\.\."),
         ({"seeds": []}, [], r"seeds: the list of seeds is empty"),
