@@ -210,6 +210,7 @@ def test_dropout_of_an_unused_decoder_does_not_block_fusing() -> None:
     assert dropout_keys(replace(config, model=replace(config.model, projection_dropout=0.2))) == ["model.projection_dropout"]
 
 
+@pytest.mark.slow  # fused sweeps equal separate ones in the default suite: test_sweep.py::test_fused_seeds_give_the_separate_runs_results
 def test_sweep_benchmark_sides_train_the_same_runs(ocl_store: Path, tmp_path: Path) -> None:
     """One tiny round of `featcache bench sweep`: the fused side's runs equal the sequential side's; figures add up."""
     from featcache.bench.sweep import time_sweep_sides
