@@ -335,13 +335,16 @@ def test_encode_probe_analyze_from_the_cli(
     assert (analysis_out / "slot_clusters.png").is_file()
     from featcache.store.verify import verify_store
 
+    from featcache.training.encode_slots import encode_slots
+
+    encode_slots(run, store_path, "intact", device="cpu", show_progress=False, batch_size=3)  # a second, undamaged set
     chunk = store_path / "slots" / "cli" / "slots" / "c" / "1" / "0" / "0" / "0"
     chunk.unlink()  # a done unit's chunk gone: verify names it (and reads the other chunks of every slot set)
     report = verify_store(store_path, show_progress=False)
     slot_rows = {row.subject: row for row in report.rows if row.check == "slot set"}
-    assert slot_rows["cli"].ok and {"cli", "fwd"} <= set(slot_rows)  # complete, attributes as recorded
+    assert slot_rows["cli"].ok and slot_rows["intact"].ok  # complete, attributes as recorded
     arrays = {row.subject: row for row in report.rows}
-    assert arrays["slots/fwd/slots"].ok and arrays["slots/fwd/slots"].chunks_read == 3
+    assert arrays["slots/intact/slots"].ok and arrays["slots/intact/slots"].chunks_read == 3
     assert not arrays["slots/cli/slots"].ok and "missing" in arrays["slots/cli/slots"].problems[0]
     monkeypatch.setattr(sys, "argv", ["featcache", "analyze", "slots", "--store", str(store_path), "--slots", "nothere", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit) as exit_:
