@@ -334,7 +334,6 @@ def test_encode_probe_analyze_from_the_cli(
     assert clusters["none_fraction"] < 1.0 and 0.0 <= clusters["purity_objects"] <= 1.0
     assert (analysis_out / "slot_clusters.png").is_file()
     from featcache.store.verify import verify_store
-
     from featcache.training.encode_slots import encode_slots
 
     encode_slots(run, store_path, "intact", device="cpu", show_progress=False, batch_size=3)  # a second, undamaged set
