@@ -30,13 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from synthetic_stores import mean_std, prepare_stores  # benchmarks/ (the script's folder is on sys.path)
 
 from featcache.analysis.clustering import cell_index
 from featcache.analysis.codes import code_statistics, multi_codebook_statistics
 from featcache.config import load_config, merge, parse_overrides
-from featcache.datasets import open_dataset
-from featcache.datasets.synth import write_synthetic
-from featcache.extraction import ExtractConfig, extract
 from featcache.metrics.segmentation import ari_batch, mean_skipping_nan
 from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore
@@ -55,22 +53,6 @@ def token_map_fg_ari(tokens: np.ndarray, masks: np.ndarray) -> float:
     rows, cols = cell_index(size, tokens.shape[1]), cell_index(size, tokens.shape[2])
     full = tokens[:, rows[:, None], cols[None, :]]  # (N, M, M)
     return mean_skipping_nan(ari_batch(masks.astype(np.int64), full.astype(np.int64), ignore_background=True))
-
-
-def mean_std(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "values": [float(v) for v in array]}
-
-
-def prepare_stores(work: Path, train_images: int, val_images: int) -> tuple[Path, Path]:
-    config = ExtractConfig(vfm="dino2-s14", weights="random", resolution=112, image_size=64, mask_size=64, samples_per_chunk=32, batch_size=32)
-    stores = []
-    for name, images, seed in (("train", train_images, 0), ("val", val_images, 1)):
-        data = write_synthetic(work / f"shapes-{name}", images=images, seed=seed, size=128)
-        store = work / f"{name}.zarr"
-        extract(open_dataset(str(data)), store, config, device="cpu", show_progress=False)
-        stores.append(store)
-    return stores[0], stores[1]
 
 
 def vq_config(kind: str, seed: int, steps: int) -> VQTrainConfig:

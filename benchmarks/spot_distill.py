@@ -31,11 +31,9 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from synthetic_stores import mean_std, prepare_stores  # benchmarks/ (the script's folder is on sys.path)
 
 from featcache.config import load_config, merge, parse_overrides
-from featcache.datasets import open_dataset
-from featcache.datasets.synth import write_synthetic
-from featcache.extraction import ExtractConfig, extract
 from featcache.stages.evaluate import evaluate_run
 from featcache.store import FeatureStore
 from featcache.training.config import OCLTrainConfig
@@ -43,22 +41,6 @@ from featcache.training.ocl import train_ocl
 from featcache.training.runs import evaluation_generator, load_ocl_run, resolve_feature_kind
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def mean_std(values: list[float]) -> dict[str, Any]:
-    array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "values": [float(v) for v in array]}
-
-
-def prepare_stores(work: Path, train_images: int, val_images: int) -> tuple[Path, Path]:
-    config = ExtractConfig(vfm="dino2-s14", weights="random", resolution=112, image_size=64, mask_size=64, samples_per_chunk=32, batch_size=32)
-    stores = []
-    for name, images, seed in (("train", train_images, 0), ("val", val_images, 1)):
-        data = write_synthetic(work / f"shapes-{name}", images=images, seed=seed, size=128)
-        store = work / f"{name}.zarr"
-        extract(open_dataset(str(data)), store, config, device="cpu", show_progress=False)
-        stores.append(store)
-    return stores[0], stores[1]
 
 
 def config(method: str, seed: int, steps: int, extra: list[str]) -> OCLTrainConfig:
